@@ -1,0 +1,1 @@
+"""BGP speaker (issue: BGP-routed pods)."""

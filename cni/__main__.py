@@ -1,0 +1,5 @@
+import sys
+
+from .plugin import main
+
+sys.exit(main())

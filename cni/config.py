@@ -1,0 +1,112 @@
+"""Network configuration: decoded from stdin, validated, every error naming its field."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import version
+from .errors import DECODE, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
+from .netlink.wire import MACVLAN_MODES
+from .result import Result
+
+MODES = ("macvlan",)
+DEFAULT_STATE_DIR = "/var/lib/moor"
+
+
+@dataclass
+class NetConf:
+    cni_version: str
+    name: str
+    type: str
+    mode: str = "macvlan"
+    master: str = ""
+    vlan: int = 0
+    macvlan_mode: str = "bridge"
+    mtu: int = 0
+    mac_from_ip: bool = True
+    host_shim: bool = False
+    default_route: bool = True
+    state_dir: str = DEFAULT_STATE_DIR
+    ipam: dict = field(default_factory=dict)
+    dns: dict = field(default_factory=dict)
+    runtime_config: dict = field(default_factory=dict)  # keys lower-cased (runtimes capitalise)
+    args: dict = field(default_factory=dict)
+    prev_result: Optional[Result] = None
+    raw: dict = field(default_factory=dict, repr=False)  # the document as received, for IPAM
+
+    @property
+    def parent(self) -> str:
+        """The link pods hang off: the master, or its VLAN sub-interface."""
+        return f"{self.master}.{self.vlan}" if self.vlan else self.master
+
+    def runtime(self, name: str, default: Any = None) -> Any:
+        return self.runtime_config.get(name.lower(), default)
+
+
+def decode(stdin: bytes) -> dict:
+    try:
+        doc = json.loads(stdin)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CNIError(DECODE, f"cannot decode network config: {e}") from e
+    if not isinstance(doc, dict):
+        raise CNIError(DECODE, "network config is not a JSON object")
+    return doc
+
+
+def _get(doc: dict, key: str, typ: type | tuple, default: Any = None, required: bool = False) -> Any:
+    if key not in doc or doc[key] is None:
+        if required:
+            raise CNIError(INVALID_CONFIG, f"invalid network config: missing {key!r}")
+        return default
+    val = doc[key]
+    # bool is an int in Python; a JSON true must not pass as a number
+    if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise CNIError(INVALID_CONFIG, f"invalid network config: {key!r} must be {names}, got {json.dumps(val)}")
+    return val
+
+
+def parse(doc: dict) -> NetConf:
+    ver = _get(doc, "cniVersion", str, required=True)
+    version.require_supported(ver)
+    name = _get(doc, "name", str, required=True)
+    if not name or any(c in name for c in "/\0"):
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' {name!r} is not a valid network name")
+    conf = NetConf(cni_version=ver, name=name, type=_get(doc, "type", str, required=True), raw=doc)
+    conf.mode = _get(doc, "mode", str, "macvlan")
+    if conf.mode not in MODES:
+        raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'mode': {conf.mode!r}",
+                       f"modes: {', '.join(MODES)}")
+    conf.master = _get(doc, "master", str, required=True)
+    if not 0 < len(conf.master) <= 15:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'master' {conf.master!r} is not an interface name")
+    conf.vlan = _get(doc, "vlan", int, 0)
+    if conf.vlan and not 1 <= conf.vlan <= 4094:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'vlan' {conf.vlan} is outside 1-4094")
+    if len(conf.parent) > 15:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: VLAN parent {conf.parent!r} is longer than 15 bytes",
+                       "use a shorter master name (an interface altname) or no 'vlan'")
+    conf.macvlan_mode = _get(doc, "macvlanMode", str, "bridge")
+    if conf.macvlan_mode not in MACVLAN_MODES:
+        raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'macvlanMode': {conf.macvlan_mode!r}",
+                       f"modes: {', '.join(MACVLAN_MODES)}")
+    conf.mtu = _get(doc, "mtu", int, 0)
+    if conf.mtu and not 68 <= conf.mtu <= 65535:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'mtu' {conf.mtu} is outside 68-65535")
+    conf.mac_from_ip = _get(doc, "macFromIP", bool, True)
+    conf.host_shim = _get(doc, "hostShim", bool, False)
+    conf.default_route = _get(doc, "defaultRoute", bool, True)
+    conf.state_dir = _get(doc, "stateDir", str, DEFAULT_STATE_DIR)
+    conf.ipam = _get(doc, "ipam", dict, {})
+    if conf.ipam:
+        t = _get(conf.ipam, "type", str, required=True)
+        if not t or "/" in t:
+            raise CNIError(INVALID_CONFIG, f"invalid network config: 'ipam.type' {t!r} is not a plugin name")
+    conf.dns = _get(doc, "dns", dict, {})
+    conf.runtime_config = {str(k).lower(): v for k, v in _get(doc, "runtimeConfig", dict, {}).items()}
+    conf.args = _get(doc, "args", dict, {})
+    prev = doc.get("prevResult")
+    if prev is not None:
+        conf.prev_result = Result.parse(prev, "prevResult")
+    return conf

@@ -1,0 +1,362 @@
+"""MacVlan mode: the pod gets a macvlan sub-interface of the node's uplink (or of its VLAN
+sub-interface), created directly inside the pod's netns, so it sits on the physical L2 network."""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import sys
+import zlib
+from typing import Mapping, Optional
+
+from . import announce, delegate
+from . import mac as macs
+from .config import NetConf
+from .env import Env
+from .errors import (INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
+                     VLAN_UNSUPPORTED, CHECK_FAILED, CNIError)
+from .netlink import netns
+from .netlink.rtnl import RTNL, Link, NetlinkError
+from .netlink.wire import MACVLAN_MODES, RTPROT_MOOR_SHIM
+from .result import Interface, IPConfig, Result, RouteConfig
+from .state import Attachment, Store
+from .steps import Steps
+
+_DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+def shim_name(parent: str) -> str:
+    """Host shim link name for a parent: stable, unique per parent, at most 15 bytes."""
+    return f"mshim{zlib.crc32(parent.encode()):08x}"
+
+
+def open_pod_netns(env: Env) -> int:
+    try:
+        return netns.open_netns(env.netns)
+    except FileNotFoundError:
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {env.netns} does not exist") from None
+    except (ValueError, IsADirectoryError, PermissionError) as e:
+        raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {env.netns!r}: {e}") from None
+
+
+def pod_socket(nsfd: int) -> RTNL:
+    with netns.entered(nsfd):
+        return RTNL()
+
+
+class MacvlanPlugin:
+    def __init__(self, env: Env, conf: NetConf, environ: Mapping[str, str]):
+        self.env = env
+        self.conf = conf
+        self.environ = environ
+        self.store = Store(conf.state_dir)
+        self.host = RTNL()
+
+    def close(self) -> None:
+        self.host.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _master(self, code: int = INVALID_CONFIG) -> Link:
+        link = self.host.link_get(self.conf.master)
+        if link is None:
+            raise CNIError(code, f"invalid network config: 'master' {self.conf.master!r} does not exist on this node")
+        return link
+
+    def _ipam(self, command: str) -> Optional[dict]:
+        return delegate.run(self.conf.ipam["type"], command, self.environ, self.env.path, self.conf.raw)
+
+    def _choose_mac(self, ips: list[IPConfig]) -> str:
+        c = self.conf
+        if c.runtime("mac"):
+            return macs.parse(c.runtime("mac"), "runtimeConfig.mac", INVALID_CONFIG)
+        cni_args = c.args.get("cni") if isinstance(c.args.get("cni"), dict) else {}
+        if cni_args.get("mac"):
+            return macs.parse(cni_args["mac"], "args.cni.mac", INVALID_CONFIG)
+        if self.env.args.get("MAC"):
+            return macs.parse(self.env.args["MAC"], "CNI_ARGS MAC", INVALID_ENV)
+        if c.mac_from_ip and ips and c.macvlan_mode != "passthru":
+            v4 = [i for i in ips if i.version == 4]
+            return macs.from_ip((v4 or ips)[0].address.ip)
+        return ""
+
+    def _ensure_parent(self, master: Link) -> Link:
+        """The master, or its VLAN sub-interface created on demand (called under the parent lock)."""
+        c = self.conf
+        if not c.vlan:
+            return master
+        link = self.host.link_get(c.parent)
+        if link is not None:
+            if link.kind != "vlan" or link.vlan_id != c.vlan or link.parent != master.index:
+                raise CNIError(INVALID_CONFIG, f"invalid network config: {c.parent} exists but is not VLAN {c.vlan} of {c.master}")
+            return link
+        try:
+            self.host.vlan_add(c.parent, master.index, c.vlan, up=True)
+        except NetlinkError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise CNIError(VLAN_UNSUPPORTED, f"the kernel cannot create VLAN sub-interface {c.parent}",
+                               "8021q is not available (modprobe 8021q, or use a kernel built with VLAN support)") from e
+            raise
+        self.store.mark_owned(c.parent)
+        link = self.host.link_get(c.parent)
+        assert link is not None
+        return link
+
+    def _ensure_shim(self, parent: Link) -> Link:
+        name = shim_name(parent.name)
+        link = self.host.link_get(name)
+        if link is None:
+            self.host.macvlan_add(name, parent.index, "bridge", up=True)
+            self.store.mark_owned(name)
+            link = self.host.link_get(name)
+            assert link is not None
+        elif not link.up:
+            self.host.link_set(link.index, up=True)
+        return link
+
+    def _release_shared(self, parent: str) -> None:
+        """Remove the shim and the VLAN sub-interface moor created once no attachment uses them
+        (called under the parent lock, after this attachment's record is gone)."""
+        if self.store.users(parent):
+            return
+        for name in (shim_name(parent), parent if parent != self.conf.master else ""):
+            if name and self.store.owned(name):
+                link = self.host.link_get(name)
+                if link is not None:
+                    self.host.link_del(link.index)
+                self.store.unmark_owned(name)
+
+    def _attach(self, att: Attachment, master: Link) -> tuple[Link, Optional[Link]]:
+        with self.store.lock(self.conf.parent):
+            parent = self._ensure_parent(master)
+            shim = self._ensure_shim(parent) if self.conf.host_shim else None
+            att.shim = shim.name if shim else ""
+            self.store.put(att)
+        return parent, shim
+
+    def _detach(self, att: Attachment) -> None:
+        with self.store.lock(att.parent):
+            self.store.remove(att.network, att.container_id, att.ifname)
+            self._release_shared(att.parent)
+
+    def _shim_routes(self, ips: list[str], add: bool, shim: Optional[Link] = None) -> None:
+        for cidr in ips:
+            ip = ipaddress.ip_interface(cidr).ip
+            dst = ipaddress.ip_network(ip)
+            if add:
+                assert shim is not None
+                self.host.route_replace(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
+            else:
+                self.host.route_del(dst, proto=RTPROT_MOOR_SHIM)
+
+    # -- ADD ---------------------------------------------------------------------------------
+    def add(self, steps: Steps) -> Result:
+        c, env = self.conf, self.env
+        master = self._master()  # validate before changing anything
+        nsfd = open_pod_netns(env)
+        pod = None
+        try:
+            pod = steps.run("open-netns", lambda: pod_socket(nsfd))
+            if pod.link_get(env.ifname) is not None:
+                raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
+
+            ipam = Result()
+            if c.ipam:
+                ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
+                                 lambda: self._ipam("DEL"))
+            mac = self._choose_mac(ipam.ips)
+
+            att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
+                             parent=c.parent, mac=mac, netns=env.netns,
+                             ips=[str(i.address) for i in ipam.ips])
+            parent, shim = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
+
+            steps.run("link", lambda: self.host.macvlan_add(env.ifname, parent.index, c.macvlan_mode, mac=mac,
+                                                           mtu=c.mtu, netns_fd=nsfd),
+                      lambda: self._delete_pod_link(pod))
+            link = pod.link_get(env.ifname)
+            assert link is not None
+
+            def sysctls() -> None:
+                with netns.entered(nsfd):
+                    netns.write_sysctl(f"net.ipv4.conf.{env.ifname}.arp_notify", "1")
+                    if any(i.version == 6 for i in ipam.ips):
+                        netns.write_sysctl(f"net.ipv6.conf.{env.ifname}.ndisc_notify", "1")
+            steps.run("sysctls", sysctls)
+            steps.run("addresses", lambda: [pod.addr_add(link.index, i.address) for i in ipam.ips])
+            steps.run("up", lambda: pod.link_set(link.index, up=True))
+            routes = self._pod_routes(ipam)
+            steps.run("routes", lambda: self._install_routes(pod, link, ipam, routes))
+            if shim is not None:
+                steps.run("shim-routes", lambda: self._shim_routes(att.ips, True, shim),
+                          lambda: self._shim_routes(att.ips, False))
+            steps.run("announce", lambda: self._announce(nsfd, link, ipam.ips))
+
+            return self._result(link, ipam, routes)
+        finally:
+            if pod is not None:
+                pod.close()
+            os.close(nsfd)
+
+    def _delete_pod_link(self, pod: RTNL) -> None:
+        link = pod.link_get(self.env.ifname)
+        if link is not None:
+            pod.link_del(link.index)
+
+    def _pod_routes(self, ipam: Result) -> list[RouteConfig]:
+        gws = {}
+        for ip in ipam.ips:
+            if ip.gateway is not None:
+                gws.setdefault(ip.version, ip.gateway)
+        routes = [RouteConfig(dst=r.dst, gw=r.gw if r.gw is not None else gws.get(r.dst.version), extra=r.extra)
+                  for r in ipam.routes]
+        if self.conf.default_route:
+            for ver, gw in gws.items():
+                if not any(r.dst == _DEFAULT[ver] for r in routes):
+                    routes.append(RouteConfig(dst=_DEFAULT[ver], gw=gw))
+        return routes
+
+    def _install_routes(self, pod: RTNL, link: Link, ipam: Result, routes: list[RouteConfig]) -> None:
+        nets = [i.address.network for i in ipam.ips]
+        for r in routes:
+            onlink = r.gw is not None and not any(r.gw in n for n in nets if n.version == r.gw.version)
+            pod.route_replace(r.dst, oif=link.index, gateway=r.gw, proto=4, onlink=onlink)
+
+    def _announce(self, nsfd: int, link: Link, ips: list[IPConfig]) -> None:
+        # best effort: a lost announcement must not fail the pod; the kernel's arp_notify repeats it
+        try:
+            with netns.entered(nsfd):
+                for ip in ips:
+                    if ip.version == 4:
+                        announce.gratuitous_arp(link.name, link.mac, ip.address.ip)
+                    else:
+                        announce.unsolicited_na(link.index, link.mac, ip.address.ip)
+        except OSError as e:
+            print(f"moor: announcing {link.name} failed: {e}", file=sys.stderr)
+
+    def _result(self, link: Link, ipam: Result, routes: list[RouteConfig]) -> Result:
+        prev = self.conf.prev_result or Result()
+        res = Result(interfaces=list(prev.interfaces), ips=list(prev.ips), routes=list(prev.routes),
+                     dns=dict(prev.dns))
+        idx = len(res.interfaces)
+        res.interfaces.append(Interface(name=self.env.ifname, mac=link.mac, sandbox=self.env.netns,
+                                        mtu=link.mtu))
+        res.ips += [IPConfig(address=i.address, gateway=i.gateway, interface=idx) for i in ipam.ips]
+        res.routes += routes
+        res.dns = ipam.dns or self.conf.dns or res.dns
+        return res
+
+    # -- DEL ---------------------------------------------------------------------------------
+    def delete(self) -> None:
+        c, env = self.conf, self.env
+        att = self.store.get(c.name, env.container_id, env.ifname)
+        if c.ipam:
+            self._ipam("DEL")
+        if env.netns:
+            try:
+                nsfd = netns.open_netns(env.netns)
+            except (FileNotFoundError, ValueError):
+                nsfd = -1  # the netns is gone, and the macvlan with it
+            if nsfd >= 0:
+                try:
+                    pod = pod_socket(nsfd)
+                    try:
+                        link = pod.link_get(env.ifname)
+                        if link is not None and link.kind == "macvlan":
+                            pod.link_del(link.index)
+                    finally:
+                        pod.close()
+                finally:
+                    os.close(nsfd)
+        ips = att.ips if att else self._prev_ips()
+        if att is None or att.shim:
+            self._shim_routes(ips, False)
+        if att is not None:
+            self._detach(att)
+        elif c.host_shim or c.vlan:
+            with self.store.lock(c.parent):
+                self._release_shared(c.parent)
+
+    def _prev_ips(self) -> list[str]:
+        prev = self.conf.prev_result
+        return [str(i.address) for i in prev.ips] if prev else []
+
+    # -- CHECK -------------------------------------------------------------------------------
+    def check(self) -> None:
+        c, env = self.conf, self.env
+        prev = c.prev_result
+        if prev is None:
+            raise CNIError(INVALID_CONFIG, "invalid network config: CHECK needs 'prevResult'")
+        diffs: list[str] = []
+        parent = self.host.link_get(c.parent)
+        if parent is None:
+            diffs.append(f"parent link {c.parent} does not exist on the node")
+        nsfd = open_pod_netns(env)
+        try:
+            pod = pod_socket(nsfd)
+        finally:
+            os.close(nsfd)
+        try:
+            idx = next((n for n, i in enumerate(prev.interfaces) if i.name == env.ifname and i.sandbox), None)
+            if idx is None:
+                diffs.append(f"prevResult lists no sandbox interface {env.ifname}")
+            link = pod.link_get(env.ifname)
+            if link is None:
+                diffs.append(f"interface {env.ifname} does not exist in {env.netns}")
+            else:
+                diffs += self._check_link(pod, link, parent, prev, idx)
+        finally:
+            pod.close()
+        if c.ipam:
+            try:
+                self._ipam("CHECK")
+            except CNIError as e:
+                diffs.append(f"IPAM: {e.msg}")
+        if diffs:
+            raise CNIError(CHECK_FAILED, f"CHECK failed for {env.ifname}: " + "; ".join(diffs))
+
+    def _check_link(self, pod: RTNL, link: Link, parent: Optional[Link], prev: Result,
+                    idx: Optional[int]) -> list[str]:
+        c = self.conf
+        diffs = []
+        if link.kind != "macvlan":
+            diffs.append(f"{link.name} is a {link.kind or 'plain'} link, not macvlan")
+        elif link.macvlan_mode != MACVLAN_MODES[c.macvlan_mode]:
+            diffs.append(f"{link.name} macvlan mode differs from {c.macvlan_mode}")
+        if parent is not None and link.parent and link.parent != parent.index:
+            diffs.append(f"{link.name} is not a macvlan of {c.parent}")
+        if idx is not None and prev.interfaces[idx].mac and prev.interfaces[idx].mac.lower() != link.mac:
+            diffs.append(f"{link.name} MAC is {link.mac}, prevResult says {prev.interfaces[idx].mac}")
+        if c.mtu and link.mtu != c.mtu:
+            diffs.append(f"{link.name} MTU is {link.mtu}, config says {c.mtu}")
+        if not link.up:
+            diffs.append(f"{link.name} is down")
+        have = set(pod.addrs(link.index))
+        for ip in prev.ips:
+            if ip.interface == idx and ip.address not in have:
+                diffs.append(f"address {ip.address} missing from {link.name}")
+        tables = {v: pod.routes(v) for v in (4, 6)}
+        for r in prev.routes:
+            ok = any(kr.dst == r.dst and (r.gw is None or kr.gateway == r.gw) for kr in tables[r.dst.version])
+            if not ok:
+                diffs.append(f"route {r.dst}" + (f" via {r.gw}" if r.gw else "") + " missing")
+        return diffs
+
+    # -- GC and STATUS -------------------------------------------------------------------------
+    def gc(self) -> None:
+        valid = set()
+        for a in self.conf.raw.get("cni.dev/valid-attachments") or []:
+            if isinstance(a, dict):
+                valid.add((a.get("containerID"), a.get("ifname")))
+        for att in self.store.all(self.conf.name):
+            if (att.container_id, att.ifname) in valid:
+                continue
+            if att.shim:
+                self._shim_routes(att.ips, False)
+            self._detach(att)
+        if self.conf.ipam and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
+            self._ipam("GC")
+
+    def status(self) -> None:
+        self._master(code=NOT_AVAILABLE)
+        if self.conf.ipam and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
+            self._ipam("STATUS")

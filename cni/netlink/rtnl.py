@@ -1,0 +1,262 @@
+"""A small synchronous rtnetlink client over the wire layer (links, addresses, routes)."""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from . import wire as w
+
+IPNet = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPIf = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+IPAddr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class NetlinkError(OSError):
+    """The kernel refused a request; `errno` is the kernel's error number."""
+
+    def __init__(self, code: int, what: str):
+        super().__init__(code, f"{what}: {os.strerror(code)}")
+        self.what = what
+
+
+@dataclass
+class Link:
+    index: int
+    name: str
+    flags: int
+    mac: str = ""
+    mtu: int = 0
+    kind: str = ""
+    parent: int = 0  # IFLA_LINK: index of the lower device (may live in another netns)
+    macvlan_mode: int = 0
+    vlan_id: int = 0
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & w.IFF_UP)
+
+
+@dataclass
+class Route:
+    dst: IPNet
+    oif: int = 0
+    gateway: Optional[IPAddr] = None
+    proto: int = 0
+    scope: int = 0
+    table: int = w.RT_TABLE_MAIN
+    extra: dict = field(default_factory=dict, repr=False)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(p, 16) for p in mac.split(":"))
+
+
+def _mac_str(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+class RTNL:
+    """One NETLINK_ROUTE socket. A netlink socket stays bound to the netns it was created in,
+    so a socket opened inside the pod's netns keeps working after the caller leaves it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, 0))
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "RTNL":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+    def _request(self, mtype: int, flags: int, body: bytes, what: str) -> list[w.Message]:
+        self._seq += 1
+        seq = self._seq
+        self.sock.send(w.pack_msg(mtype, flags | w.NLM_F_REQUEST | w.NLM_F_ACK, seq, body))
+        out: list[w.Message] = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            for msg in w.split_msgs(data):
+                if msg.seq != seq:
+                    continue
+                if msg.type == w.NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", msg.body)[0]
+                    if code:
+                        raise NetlinkError(code, what)
+                    return out
+                if msg.type == w.NLMSG_DONE:
+                    return out
+                out.append(msg)
+
+    # -- links -----------------------------------------------------------------------------
+    @staticmethod
+    def _parse_link(msg: w.Message) -> Link:
+        _fam, _type, index, flags, _chg = w.IFINFOMSG.unpack_from(msg.body)
+        a = w.parse_attrs(msg.body[w.IFINFOMSG.size :])
+        link = Link(index=index, name=w.cstr(a.get(w.IFLA_IFNAME, b"")), flags=flags)
+        if w.IFLA_ADDRESS in a:
+            link.mac = _mac_str(a[w.IFLA_ADDRESS])
+        if w.IFLA_MTU in a:
+            link.mtu = w.u32(a[w.IFLA_MTU])
+        if w.IFLA_LINK in a:
+            link.parent = w.u32(a[w.IFLA_LINK])
+        if w.IFLA_LINKINFO in a:
+            info = w.parse_attrs(a[w.IFLA_LINKINFO])
+            link.kind = w.cstr(info.get(w.IFLA_INFO_KIND, b""))
+            data = w.parse_attrs(info.get(w.IFLA_INFO_DATA, b""))
+            if link.kind in ("macvlan", "macvtap") and w.IFLA_MACVLAN_MODE in data:
+                link.macvlan_mode = w.u32(data[w.IFLA_MACVLAN_MODE])
+            if link.kind == "vlan" and w.IFLA_VLAN_ID in data:
+                link.vlan_id = struct.unpack("=H", data[w.IFLA_VLAN_ID][:2])[0]
+        return link
+
+    def link_get(self, name: str = "", index: int = 0) -> Optional[Link]:
+        body = w.IFINFOMSG.pack(0, 0, index, 0, 0)
+        if name:
+            body += w.attr_str(w.IFLA_IFNAME, name)
+        try:
+            msgs = self._request(w.RTM_GETLINK, 0, body, f"get link {name or index}")
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        return self._parse_link(msgs[0]) if msgs else None
+
+    def links(self) -> list[Link]:
+        body = w.IFINFOMSG.pack(0, 0, 0, 0, 0)
+        return [self._parse_link(m) for m in self._request(w.RTM_GETLINK, w.NLM_F_DUMP, body, "dump links")
+                if m.type == w.RTM_NEWLINK]
+
+    def link_add(self, name: str, kind: str, parent: int, data: bytes = b"", mac: str = "",
+                 mtu: int = 0, netns_fd: int = -1, up: bool = False) -> None:
+        """Create a link; with netns_fd it is created directly inside that netns (no move)."""
+        attrs = [w.attr_str(w.IFLA_IFNAME, name), w.attr_u32(w.IFLA_LINK, parent),
+                 w.attr_nested(w.IFLA_LINKINFO, w.attr_str(w.IFLA_INFO_KIND, kind),
+                               *([w.attr_nested(w.IFLA_INFO_DATA, data)] if data else []))]
+        if mac:
+            attrs.append(w.attr(w.IFLA_ADDRESS, _mac_bytes(mac)))
+        if mtu:
+            attrs.append(w.attr_u32(w.IFLA_MTU, mtu))
+        if netns_fd >= 0:
+            attrs.append(w.attr_u32(w.IFLA_NET_NS_FD, netns_fd))
+        flags = w.IFF_UP if up else 0
+        body = w.IFINFOMSG.pack(0, 0, 0, flags, w.IFF_UP if up else 0) + b"".join(attrs)
+        self._request(w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"create {kind} link {name}")
+
+    def macvlan_add(self, name: str, parent: int, mode: str, **kw) -> None:
+        data = w.attr_u32(w.IFLA_MACVLAN_MODE, w.MACVLAN_MODES[mode])
+        self.link_add(name, "macvlan", parent, data, **kw)
+
+    def vlan_add(self, name: str, parent: int, vlan_id: int, **kw) -> None:
+        self.link_add(name, "vlan", parent, w.attr_u16(w.IFLA_VLAN_ID, vlan_id), **kw)
+
+    def link_set(self, index: int, up: Optional[bool] = None, name: str = "") -> None:
+        flags = change = 0
+        if up is not None:
+            flags, change = (w.IFF_UP if up else 0), w.IFF_UP
+        body = w.IFINFOMSG.pack(0, 0, index, flags, change)
+        if name:
+            body += w.attr_str(w.IFLA_IFNAME, name)
+        self._request(w.RTM_NEWLINK, 0, body, f"set link {index}")
+
+    def link_del(self, index: int) -> bool:
+        """Delete a link; False when it was already gone."""
+        try:
+            self._request(w.RTM_DELLINK, 0, w.IFINFOMSG.pack(0, 0, index, 0, 0), f"delete link {index}")
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return True
+
+    # -- addresses -------------------------------------------------------------------------
+    def addr_add(self, index: int, iface: IPIf, nodad: bool = True) -> None:
+        fam = _family(iface.version)
+        flags = w.IFA_F_PERMANENT | (w.IFA_F_NODAD if nodad and iface.version == 6 else 0)
+        body = w.IFADDRMSG.pack(fam, iface.network.prefixlen, flags & 0xFF, 0, index)
+        packed = iface.ip.packed
+        body += w.attr(w.IFA_LOCAL, packed) + w.attr(w.IFA_ADDRESS, packed) + w.attr_u32(w.IFA_FLAGS, flags)
+        self._request(w.RTM_NEWADDR, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"add address {iface}")
+
+    def addrs(self, index: int = 0) -> list[IPIf]:
+        out: list[IPIf] = []
+        for m in self._request(w.RTM_GETADDR, w.NLM_F_DUMP, w.IFADDRMSG.pack(0, 0, 0, 0, 0), "dump addresses"):
+            if m.type != w.RTM_NEWADDR:
+                continue
+            fam, plen, _fl, _scope, idx = w.IFADDRMSG.unpack_from(m.body)
+            if index and idx != index:
+                continue
+            a = w.parse_attrs(m.body[w.IFADDRMSG.size :])
+            raw = a.get(w.IFA_LOCAL) or a.get(w.IFA_ADDRESS)
+            if raw:
+                out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
+        return out
+
+    # -- routes ----------------------------------------------------------------------------
+    def _route_body(self, dst: IPNet, oif: int, gateway: Optional[IPAddr], proto: int, scope: int,
+                    onlink: bool, table: int, priority: int = 0) -> bytes:
+        fam = _family(dst.version)
+        body = w.RTMSG.pack(fam, dst.prefixlen, 0, 0, table if table < 256 else 252, proto, scope,
+                            w.RTN_UNICAST, w.RTNH_F_ONLINK if onlink else 0)
+        if dst.prefixlen:
+            body += w.attr(w.RTA_DST, dst.network_address.packed)
+        if oif:
+            body += w.attr_u32(w.RTA_OIF, oif)
+        if gateway is not None:
+            body += w.attr(w.RTA_GATEWAY, gateway.packed)
+        if priority:
+            body += w.attr_u32(w.RTA_PRIORITY, priority)
+        body += w.attr_u32(w.RTA_TABLE, table)
+        return body
+
+    def route_replace(self, dst: IPNet, oif: int = 0, gateway: Optional[IPAddr] = None, proto: int = 4,
+                      scope: Optional[int] = None, onlink: bool = False, table: int = w.RT_TABLE_MAIN,
+                      priority: int = 0) -> None:
+        """Install or atomically replace a route (make-before-break: never delete-then-add)."""
+        if scope is None:
+            scope = w.RT_SCOPE_UNIVERSE if gateway is not None else w.RT_SCOPE_LINK
+        body = self._route_body(dst, oif, gateway, proto, scope, onlink, table, priority)
+        self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
+
+    def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN) -> bool:
+        body = self._route_body(dst, oif, None, proto, 0, False, table)
+        try:
+            self._request(w.RTM_DELROUTE, 0, body, f"delete route {dst}")
+        except NetlinkError as e:
+            if e.errno in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+    def routes(self, version: int, table: int = w.RT_TABLE_MAIN) -> list[Route]:
+        body = w.RTMSG.pack(_family(version), 0, 0, 0, 0, 0, 0, 0, 0)
+        out = []
+        for m in self._request(w.RTM_GETROUTE, w.NLM_F_DUMP, body, "dump routes"):
+            if m.type != w.RTM_NEWROUTE:
+                continue
+            fam, dlen, _sl, _tos, tbl, proto, scope, rtype, _fl = w.RTMSG.unpack_from(m.body)
+            a = w.parse_attrs(m.body[w.RTMSG.size :])
+            tbl = w.u32(a[w.RTA_TABLE]) if w.RTA_TABLE in a else tbl
+            if tbl != table or rtype != w.RTN_UNICAST:
+                continue
+            zero = b"\0" * (4 if fam == socket.AF_INET else 16)
+            dst = ipaddress.ip_network((ipaddress.ip_address(a.get(w.RTA_DST, zero)), dlen))
+            gw = ipaddress.ip_address(a[w.RTA_GATEWAY]) if w.RTA_GATEWAY in a else None
+            out.append(Route(dst=dst, oif=w.u32(a[w.RTA_OIF]) if w.RTA_OIF in a else 0, gateway=gw,
+                             proto=proto, scope=scope, table=tbl))
+        return out

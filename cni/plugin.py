@@ -1,0 +1,94 @@
+"""The plugin as a library call: (environment, stdin bytes) -> (stdout bytes, exit code).
+
+The executable (`moor`) is a thin wrapper; the agent can serve the same call warm later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping
+
+from . import config, version
+from .env import parse_env
+from .errors import INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
+from .steps import InjectedFailure, Steps
+
+FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
+TIMING_ENV = "MOOR_TIMING"  # print per-step timings to stderr
+
+
+def _version_reply(stdin: bytes) -> bytes:
+    asked = version.LATEST
+    try:
+        doc = json.loads(stdin) if stdin.strip() else {}
+        if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
+            asked = doc["cniVersion"]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    if asked not in version.SUPPORTED:
+        asked = version.LATEST
+    return json.dumps({"cniVersion": asked, "supportedVersions": list(version.SUPPORTED)}).encode() + b"\n"
+
+
+def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
+    t0 = time.perf_counter()
+    cni_version = None
+    steps = Steps(failpoint=environ.get(FAILPOINT_ENV) or None)
+    try:
+        if environ.get("CNI_COMMAND") == "VERSION":
+            return _version_reply(stdin), 0
+        env = parse_env(environ)
+        doc = config.decode(stdin)
+        if isinstance(doc.get("cniVersion"), str):
+            cni_version = doc["cniVersion"]
+        conf = config.parse(doc)
+        if env.command == "CHECK":
+            version.require_at_least(conf.cni_version, "0.4.0", "CHECK")
+        if env.command in ("GC", "STATUS"):
+            version.require_at_least(conf.cni_version, "1.1.0", env.command)
+
+        from .macvlan import MacvlanPlugin  # the only mode so far; imported late to keep VERSION fast
+        plugin = MacvlanPlugin(env, conf, environ)
+        try:
+            if env.command == "ADD":
+                with steps:
+                    result = plugin.add(steps)
+                return json.dumps(result.to_dict(conf.cni_version)).encode() + b"\n", 0
+            if env.command == "DEL":
+                plugin.delete()
+            elif env.command == "CHECK":
+                plugin.check()
+            elif env.command == "GC":
+                plugin.gc()
+            elif env.command == "STATUS":
+                plugin.status()
+            return b"", 0
+        finally:
+            plugin.close()
+    except CNIError as e:
+        return e.to_json(cni_version), 1
+    except InjectedFailure as e:
+        return CNIError(INTERNAL, str(e)).to_json(cni_version), 1
+    except OSError as e:  # netlink (NetlinkError) and file-system failures
+        code = KERNEL_REFUSED if e.__class__.__name__ == "NetlinkError" else IO_FAILURE
+        return CNIError(code, str(e)).to_json(cni_version), 1
+    except Exception as e:  # never a traceback on stdout: libcni must get spec JSON
+        return CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}").to_json(cni_version), 1
+    finally:
+        if environ.get(TIMING_ENV):
+            print(f"moor: {environ.get('CNI_COMMAND')} took {(time.perf_counter() - t0) * 1e3:.2f} ms; "
+                  f"steps: {', '.join(steps.names) or '-'}", file=sys.stderr)
+
+
+def main() -> int:
+    try:
+        stdin = sys.stdin.buffer.read()
+    except OSError as e:
+        out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
+    else:
+        out, code = run(os.environ, stdin)
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,47 @@
+"""A step/undo runner: every step of an ADD registers how to undo it; when a later step fails,
+the finished steps are undone in reverse order, so a failed ADD leaves nothing behind."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class InjectedFailure(Exception):
+    """Raised by a failpoint: tests use it to prove each step's undo."""
+
+
+@dataclass
+class Steps:
+    failpoint: Optional[str] = None  # name of the step after which to fail (tests)
+    done: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # every step that ran, in order
+    undo_errors: list[str] = field(default_factory=list)
+
+    def run(self, name: str, do: Callable[[], T], undo: Optional[Callable[[], object]] = None) -> T:
+        value = do()
+        self.names.append(name)
+        if undo is not None:
+            self.done.append((name, undo))
+        if self.failpoint == name:
+            raise InjectedFailure(f"failpoint after step {name!r}")
+        return value
+
+    def rollback(self) -> None:
+        """Undo finished steps in reverse; an undo that fails is recorded, the rest still run."""
+        while self.done:
+            name, undo = self.done.pop()
+            try:
+                undo()
+            except Exception as e:  # keep undoing: a partial rollback is worse than a noisy one
+                self.undo_errors.append(f"undo {name}: {e}")
+                print(f"moor: undo of step {name} failed: {e}", file=sys.stderr)
+
+    def __enter__(self) -> "Steps":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.rollback()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian 12 machine for moor's demo and tests (run as root).
+# Installs Debian packages, builds .venv from /usr/bin/python3 with system site packages (bcc
+# comes from python3-bpfcc), links the kernel headers bcc needs and mounts tracefs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (network namespaces, netlink and eBPF need it)" >&2
+    exit 1
+fi
+
+PKGS=(
+    python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 bpfcc-tools
+    iproute2 iputils-ping tcpdump procps
+    containernetworking-plugins podman runc busybox-static
+)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# bcc compiles against /lib/modules/$(uname -r)/build; the installed headers may belong to another
+# kernel (the probe reads struct offsets from BTF, never from these headers).
+KREL=$(uname -r)
+if [ ! -e "/lib/modules/$KREL/build/Makefile" ]; then
+    HDR=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)
+    if [ -n "$HDR" ]; then
+        mkdir -p "/lib/modules/$KREL"
+        ln -sfn "$HDR" "/lib/modules/$KREL/build"
+        ln -sfn "$HDR" "/lib/modules/$KREL/source"
+    fi
+fi
+if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || echo "setup: could not mount tracefs" >&2
+fi
+
+# names for moor's route protocol numbers, so `ip route` shows "proto moor"
+mkdir -p /etc/iproute2/rt_protos.d
+printf '109\tmoor\n110\tmoor-shim\n' > /etc/iproute2/rt_protos.d/moor.conf
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+STAMP=.venv/.moor-installed
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    touch "$STAMP"
+fi
+# the plugins directory tests and the demo give as CNI_PATH: moor next to the reference plugins
+mkdir -p "$ROOT/.venv/cni"
+ln -sfn "$ROOT/.venv/bin/moor" "$ROOT/.venv/cni/moor"
+for p in /usr/lib/cni/*; do ln -sfn "$p" "$ROOT/.venv/cni/$(basename "$p")"; done
