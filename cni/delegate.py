@@ -6,7 +6,8 @@ import os
 import subprocess
 from typing import Mapping, Optional
 
-from .errors import IPAM_FAILED, CNIError
+from .errors import INCOMPATIBLE_VERSION, IPAM_FAILED, CNIError
+from .version import SUPPORTED, key
 from .result import Result
 
 TIMEOUT_S = 60.0
@@ -22,7 +23,28 @@ def find_plugin(name: str, path: list[str]) -> str:
 
 
 def run(name: str, command: str, environ: Mapping[str, str], path: list[str], conf: dict) -> Optional[dict]:
-    """Run the IPAM plugin; return its decoded stdout (None when it printed nothing)."""
+    """Run the IPAM plugin; return its decoded stdout (None when it printed nothing).
+
+    An IPAM plugin older than the config (Debian's host-local speaks up to 1.0.0) answers code 1;
+    then it is asked again in the newest version both sides speak, since a 1.1.0 conflist with a
+    1.0.0 IPAM is what nodes run in practice. Results of any version parse the same."""
+    try:
+        return _run_once(name, command, environ, path, conf)
+    except CNIError as e:
+        if e.code != INCOMPATIBLE_VERSION or command not in ("ADD", "DEL", "CHECK"):
+            raise
+        mine = conf.get("cniVersion", "")
+        doc = _run_once(name, "VERSION", environ, path, {"cniVersion": mine})
+        theirs = set((doc or {}).get("supportedVersions") or [])
+        common = [v for v in SUPPORTED if v in theirs and key(v) < key(mine)]
+        if command == "CHECK":
+            common = [v for v in common if key(v) >= (0, 4, 0)]
+        if not common:
+            raise
+        return _run_once(name, command, environ, path, dict(conf, cniVersion=common[-1]))
+
+
+def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[str], conf: dict) -> Optional[dict]:
     exe = find_plugin(name, path)
     env = dict(environ)
     env["CNI_COMMAND"] = command
@@ -63,7 +85,7 @@ def add(name: str, environ: Mapping[str, str], path: list[str], conf: dict) -> R
 def supports(name: str, version: str, environ: Mapping[str, str], path: list[str]) -> bool:
     """Whether the IPAM plugin speaks `version` (asked with VERSION, as GC/STATUS need 1.1.0)."""
     try:
-        doc = run(name, "VERSION", environ, path, {"cniVersion": version})
+        doc = _run_once(name, "VERSION", environ, path, {"cniVersion": version})
     except CNIError:
         return False
     return isinstance(doc, dict) and version in (doc.get("supportedVersions") or [])

@@ -234,7 +234,8 @@ class RTNL:
         self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
 
     def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN) -> bool:
-        body = self._route_body(dst, oif, None, proto, 0, False, table)
+        # scope NOWHERE matches a route of any scope (the kernel compares the scope otherwise)
+        body = self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table)
         try:
             self._request(w.RTM_DELROUTE, 0, body, f"delete route {dst}")
         except NetlinkError as e:

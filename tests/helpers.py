@@ -1,0 +1,91 @@
+"""Test helpers: run the real `moor` executable as a runtime would, and snapshot node state."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+MOOR = str(Path(sys.executable).parent / "moor")
+REF_PLUGINS = "/usr/lib/cni"
+
+
+@dataclass
+class Reply:
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+    @property
+    def error_code(self) -> Optional[int]:
+        doc = self.json
+        return doc.get("code") if isinstance(doc, dict) and self.code else None
+
+
+def cni_path(tmp: Path) -> str:
+    """A CNI_PATH holding moor next to the reference plugins (as a node's /opt/cni/bin would)."""
+    d = tmp / "cni-bin"
+    if not d.exists():
+        d.mkdir()
+        os.symlink(MOOR, d / "moor")
+        for p in Path(REF_PLUGINS).iterdir():
+            os.symlink(p, d / p.name)
+    return str(d)
+
+
+def run_cni(node_ns: Optional[str], command: str, conf: Any, *, path: str, container_id: str = "c1",
+            netns: str = "", ifname: str = "eth0", args: str = "", env: Optional[dict] = None,
+            exe: str = MOOR) -> Reply:
+    e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
+         "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": path}
+    if args:
+        e["CNI_ARGS"] = args
+    e.update(env or {})
+    data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    cmd = ["ip", "netns", "exec", node_ns, exe] if node_ns else [exe]
+    p = subprocess.run(cmd, input=data, env=e, capture_output=True, timeout=60)
+    return Reply(p.returncode, p.stdout, p.stderr)
+
+
+def ipj(ns: str, *args: str) -> Any:
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, check=True).stdout
+    return json.loads(out or b"[]")
+
+
+def ns_state(ns: str) -> dict:
+    """Links, addresses and routes of a netns, as `ip -j` sees them (an independent netlink client)."""
+    links = sorted((l["ifname"], l.get("link_type", ""), l.get("address", ""), tuple(l.get("flags", [])))
+                   for l in ipj(ns, "link", "show"))
+    addrs = sorted((a["ifname"], i["local"], i["prefixlen"]) for a in ipj(ns, "addr", "show")
+                   for i in a.get("addr_info", []) if i.get("scope") != "link")
+    routes = sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6") for r in
+                    json.loads(subprocess.run(["ip", "-n", ns, "-j", fam, "route", "show", "table", "all"],
+                                              capture_output=True, check=True).stdout or b"[]"))
+    return {"links": links, "addrs": addrs, "routes": routes}
+
+
+def files(*dirs: Path) -> list[tuple[str, str]]:
+    """Files under dirs with their contents (IPAM leases, moor's attachment records); lock files
+    and host-local's round-robin cursor are not allocations."""
+    out = []
+    for d in dirs:
+        if not d.exists():
+            continue
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and p.suffix != ".lock" and p.name not in ("lock",) and \
+                    not p.name.startswith("last_reserved_ip"):
+                out.append((str(p.relative_to(d)), p.read_text(errors="replace")))
+    return out
+
+
+def have_reference_plugins() -> bool:
+    return os.path.exists(os.path.join(REF_PLUGINS, "host-local")) and shutil.which("ip") is not None

@@ -1,0 +1,251 @@
+"""MacVlan mode end to end in namespaces: real netlink, the real host-local IPAM plugin."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from dataplane.nslab import sh
+from tests.helpers import ipj, run_cni
+from tests.integration.conftest import GATEWAY, MacvlanNet
+
+pytestmark = pytest.mark.integration
+
+
+def _addr(result: dict, version: int = 4) -> str:
+    return next(ip["address"] for ip in result["ips"] if ipaddress.ip_interface(ip["address"]).version == version)
+
+
+def _ip(result: dict, version: int = 4) -> str:
+    return _addr(result, version).split("/")[0]
+
+
+def test_two_pods_reach_each_other_and_the_physical_peer(net: MacvlanNet):
+    r1, r2 = net.add("pod1"), net.add("pod2")
+    ip1, ip2 = _ip(r1), _ip(r2)
+    assert ip1 != ip2
+    assert net.lab.ping(net.pods["pod1"], ip2)
+    assert net.lab.ping(net.pods["pod2"], ip1)
+    assert net.lab.ping(net.pods["pod1"], GATEWAY)
+    # the pod's default route leaves through the physical peer
+    routes = ipj(net.pods["pod1"], "route", "show", "default")
+    assert routes and routes[0]["gateway"] == GATEWAY and routes[0]["dev"] == "eth0"
+    link = ipj(net.pods["pod1"], "-d", "link", "show", "eth0")[0]
+    assert link["linkinfo"]["info_kind"] == "macvlan"
+    assert link["linkinfo"]["info_data"]["mode"] == "bridge"
+    assert link["address"] == r1["interfaces"][0]["mac"]
+
+
+def test_dual_stack_pod_reaches_peer_over_ipv6(net: MacvlanNet):
+    res = net.add("pod1", net.conf(ipv6=True))
+    v6 = _ip(res, 6)
+    assert net.lab.ping(net.pods["pod1"], "2001:db8:1::1")
+    assert net.lab.run(net.pods["pod1"], "ping", "-6", "-c1", "-W2", "2001:db8:1::1").returncode == 0
+    addrs = [i["local"] for a in ipj(net.pods["pod1"], "addr", "show", "eth0") for i in a["addr_info"]]
+    assert v6 in addrs
+    sysctl = net.lab.run(net.pods["pod1"], "sysctl", "-n", "net.ipv6.conf.eth0.ndisc_notify").stdout.strip()
+    assert sysctl == b"1"
+
+
+def test_mac_is_derived_from_the_ip_so_a_fixed_ip_keeps_its_mac(net: MacvlanNet):
+    res = net.add("pod1")
+    octets = [int(o) for o in _ip(res).split(".")]
+    assert res["interfaces"][0]["mac"] == "0a:58:" + ":".join(f"{o:02x}" for o in octets)
+    assert net.lab.run(net.pods["pod1"], "sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").stdout.strip() == b"1"
+
+
+@pytest.mark.parametrize("how", ["runtimeConfig", "CNI_ARGS"])
+def test_fixed_mac_and_ip_requested_by_the_runtime(net: MacvlanNet, how: str):
+    mac = "02:aa:bb:cc:dd:0e"
+    conf = net.conf(ipam={"type": "static", "addresses": [{"address": "192.0.2.77/24", "gateway": GATEWAY}]})
+    if how == "runtimeConfig":
+        conf["runtimeConfig"] = {"Mac": mac}  # runtimes capitalise keys: read them case-insensitively
+        res = net.add("pod1", conf)
+    else:
+        res = net.add("pod1", conf, args=f"IgnoreUnknown=1;K8S_POD_NAME=web-0;MAC={mac}")
+    assert res["interfaces"][0]["mac"] == mac
+    assert _addr(res) == "192.0.2.77/24"
+    assert ipj(net.pods["pod1"], "link", "show", "eth0")[0]["address"] == mac
+    assert net.lab.ping(net.pods["pod1"], GATEWAY)
+
+
+def _capture_arp(ns_path: str, ifname: str, out: list, ready: threading.Event, stop: threading.Event) -> None:
+    from cni.netlink import netns as nsmod
+    fd = nsmod.open_netns(ns_path)
+    with nsmod.entered(fd):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    s.bind((ifname, 0))
+    s.settimeout(0.2)
+    ready.set()
+    while not stop.is_set():
+        try:
+            out.append(s.recv(2048))
+        except socket.timeout:
+            pass
+    s.close()
+
+
+def test_add_sends_gratuitous_arp_that_the_peer_sees(net: MacvlanNet):
+    frames: list[bytes] = []
+    ready, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=_capture_arp, args=(f"/run/netns/{net.peer}", "pp0", frames, ready, stop))
+    t.start()
+    ready.wait(5)
+    try:
+        res = net.add("pod1")
+        deadline = time.time() + 3
+        ip = ipaddress.ip_address(_ip(res)).packed
+        garps = []
+        while time.time() < deadline and not garps:
+            time.sleep(0.1)
+            for f in list(frames):
+                spa, tpa = f[28:32], f[38:42]
+                if f[12:14] == b"\x08\x06" and spa == ip and tpa == ip:
+                    garps.append(f)
+    finally:
+        stop.set()
+        t.join()
+    assert garps, "no gratuitous ARP for the pod's IP reached the physical peer"
+    sha = ":".join(f"{b:02x}" for b in garps[0][22:28])
+    assert sha == res["interfaces"][0]["mac"]
+    assert {struct.unpack("!H", g[20:22])[0] for g in garps} <= {1, 2}
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.0.0", "0.4.0", "0.3.1"])
+def test_result_is_written_in_the_requested_version(net: MacvlanNet, version: str):
+    r = net.cni("ADD", net.conf(version, mtu=1400))
+    assert r.code == 0, r.stdout
+    doc = r.json
+    assert doc["cniVersion"] == version
+    iface = doc["interfaces"][0]
+    assert iface["name"] == "eth0" and iface["sandbox"] == net.pod("pod1")
+    ip = doc["ips"][0]
+    assert ip["interface"] == 0 and ip["gateway"] == GATEWAY
+    if version.startswith("0."):
+        assert ip["version"] == "4"
+    else:
+        assert "version" not in ip
+    assert ("mtu" in iface) == (version == "1.1.0")
+    assert ipj(net.pods["pod1"], "link", "show", "eth0")[0]["mtu"] == 1400
+    if version != "0.3.1":
+        assert net.cni("CHECK", dict(net.conf(version, mtu=1400), prevResult=doc)).code == 0
+    assert net.cni("DEL", dict(net.conf(version, mtu=1400), prevResult=doc)).code == 0
+
+
+def test_check_passes_then_names_what_was_tampered_with(net: MacvlanNet):
+    res = net.add("pod1")
+    conf = dict(net.conf(), prevResult=res)
+    ok = net.cni("CHECK", conf)
+    assert ok.code == 0 and ok.stdout == b""
+    pod = net.pods["pod1"]
+    net.lab.run(pod, "ip", "link", "set", "eth0", "address", "02:00:00:00:00:99")
+    net.lab.run(pod, "ip", "addr", "flush", "dev", "eth0")
+    bad = net.cni("CHECK", conf)
+    assert bad.code != 0 and bad.error_code == 103
+    msg = bad.json["msg"]
+    assert "MAC is 02:00:00:00:00:99" in msg
+    assert f"address {_addr(res)} missing" in msg
+    assert "route 0.0.0.0/0 via 192.0.2.1 missing" in msg
+    net.lab.run(pod, "ip", "link", "del", "eth0")
+    gone = net.cni("CHECK", conf)
+    assert gone.error_code == 103 and "eth0 does not exist" in gone.json["msg"]
+
+
+def test_del_twice_and_containerd_style_second_del_succeed(net: MacvlanNet):
+    net.pod("pod1")
+    before = net.snapshot()
+    res = net.add("pod1")
+    conf = dict(net.conf(), prevResult=res)
+    assert net.cni("DEL", conf).code == 0
+    assert net.cni("DEL", conf).code == 0
+    # containerd: a further DEL with an empty CNI_NETNS and no prevResult
+    assert net.cni("DEL", net.conf(), netns="").code == 0
+    assert net.snapshot() == before
+
+
+def test_del_after_the_netns_is_gone_releases_the_ip(net: MacvlanNet):
+    res = net.add("pod1")
+    sh("ip", "netns", "del", net.pods["pod1"])
+    net.lab.namespaces.remove(net.pods["pod1"])
+    del net.pods["pod1"]
+    r = net.cni("DEL", dict(net.conf(), prevResult=res), netns="/run/netns/does-not-exist")
+    assert r.code == 0, r.stdout
+    assert not list((net.tmp / "ipam").rglob("192.0.2.*"))
+
+
+def test_readd_with_the_same_interface_name_is_refused_and_changes_nothing(net: MacvlanNet):
+    net.add("pod1")
+    before = net.snapshot()
+    r = net.cni("ADD", net.conf(), container_id="other")
+    assert r.error_code == 104
+    assert net.snapshot() == before
+
+
+def test_host_shim_lets_the_node_reach_its_macvlan_pods(net: MacvlanNet):
+    conf = net.conf(hostShim=True)
+    res = net.add("pod1", conf)
+    ip = _ip(res)
+    # the classic macvlan limitation: without the shim, the node cannot reach its own pods
+    assert net.lab.ping(net.node, ip)
+    routes = ipj(net.node, "route", "show", f"{ip}/32")
+    assert routes and routes[0]["dev"].startswith("mshim")
+    res2 = net.add("pod2", conf)
+    assert net.cni("DEL", dict(conf, prevResult=res), "pod1").code == 0
+    assert ipj(net.node, "route", "show", f"{ip}/32") == []
+    shim = routes[0]["dev"]
+    assert ipj(net.node, "link", "show", shim), "shim removed while pod2 still uses it"
+    assert net.cni("DEL", dict(conf, prevResult=res2), "pod2").code == 0
+    links = [l["ifname"] for l in ipj(net.node, "link", "show")]
+    assert shim not in links, "shim left behind after the last pod left"
+
+
+def test_chained_add_appends_to_prev_result(net: MacvlanNet):
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "other0", "mac": "02:00:00:00:00:01"}],
+            "ips": [{"address": "198.51.100.5/24", "interface": 0}]}
+    res = net.add("pod1", dict(net.conf(), prevResult=prev))
+    assert [i["name"] for i in res["interfaces"]] == ["other0", "eth0"]
+    assert res["ips"][0]["address"] == "198.51.100.5/24"
+    assert res["ips"][1]["interface"] == 1
+
+
+def test_gc_releases_attachments_the_runtime_no_longer_lists(net: MacvlanNet):
+    conf = net.conf("1.1.0", hostShim=True)
+    r1, r2 = net.add("pod1", conf), net.add("pod2", conf)
+    gc_conf = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "cid-pod2", "ifname": "eth0"}]})
+    r = run_cni(net.node, "GC", gc_conf, path=net.path, container_id="", netns="", ifname="")
+    assert r.code == 0, r.stdout
+    records = sorted(p.name for p in (net.tmp / "state" / "networks" / "mnet").iterdir())
+    assert records == ["cid-pod2_eth0.json"]
+    assert ipj(net.node, "route", "show", f"{_ip(r1)}/32") == []
+    assert ipj(net.node, "route", "show", f"{_ip(r2)}/32") != []
+
+
+def test_status_reports_a_missing_master(net: MacvlanNet):
+    ok = run_cni(net.node, "STATUS", net.conf("1.1.0"), path=net.path, container_id="", netns="", ifname="")
+    assert ok.code == 0 and ok.stdout == b""
+    bad = run_cni(net.node, "STATUS", net.conf("1.1.0", master="nope0"), path=net.path,
+                  container_id="", netns="", ifname="")
+    assert bad.error_code == 50 and "nope0" in bad.json["msg"]
+    old = run_cni(net.node, "STATUS", net.conf("1.0.0"), path=net.path, container_id="", netns="", ifname="")
+    assert old.error_code == 1
+
+
+@pytest.mark.parametrize("mode", ["private", "vepa", "passthru"])
+def test_other_macvlan_modes(net: MacvlanNet, mode: str):
+    res = net.add("pod1", net.conf(macvlanMode=mode))
+    link = ipj(net.pods["pod1"], "-d", "link", "show", "eth0")[0]
+    assert link["linkinfo"]["info_data"]["mode"] == mode
+    assert net.lab.ping(net.pods["pod1"], GATEWAY)
+    assert net.cni("CHECK", dict(net.conf(macvlanMode=mode), prevResult=res)).code == 0
+
+
+def test_version_reply(net: MacvlanNet):
+    r = run_cni(None, "VERSION", {"cniVersion": "1.0.0"}, path=net.path)
+    assert r.code == 0
+    assert r.json == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    assert json.loads(run_cni(None, "VERSION", b"", path=net.path).stdout)["cniVersion"] == "1.1.0"
