@@ -61,9 +61,12 @@ def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[st
         except json.JSONDecodeError:
             doc = None
     if proc.returncode != 0:
-        # pass the IPAM plugin's own spec error through (its code is meaningful to the runtime)
         if isinstance(doc, dict) and isinstance(doc.get("code"), int):
-            raise CNIError(doc["code"], f"IPAM plugin {name}: {doc.get('msg', '')}", str(doc.get("details", "")))
+            # spec codes (<100) mean the same to the runtime and pass through; 100+ are that
+            # plugin's private codes and would collide with moor's, so they become IPAM_FAILED
+            code = doc["code"] if doc["code"] < 100 else IPAM_FAILED
+            details = str(doc.get("details", "")) or (f"{name} error code {doc['code']}" if code != doc["code"] else "")
+            raise CNIError(code, f"IPAM plugin {name}: {doc.get('msg', '')}", details)
         err = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-500:]
         raise CNIError(IPAM_FAILED, f"IPAM plugin {name} {command} failed with exit {proc.returncode}", err)
     if out and doc is None:

@@ -155,47 +155,52 @@ class MacvlanPlugin:
         nsfd = open_pod_netns(env)
         pod = None
         try:
-            pod = steps.run("open-netns", lambda: pod_socket(nsfd))
-            if pod.link_get(env.ifname) is not None:
-                raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
-
-            ipam = Result()
-            if c.ipam:
-                ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
-                                 lambda: self._ipam("DEL"))
-            mac = self._choose_mac(ipam.ips)
-
-            att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
-                             parent=c.parent, mac=mac, netns=env.netns,
-                             ips=[str(i.address) for i in ipam.ips])
-            parent, shim = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
-
-            steps.run("link", lambda: self.host.macvlan_add(env.ifname, parent.index, c.macvlan_mode, mac=mac,
-                                                           mtu=c.mtu, netns_fd=nsfd),
-                      lambda: self._delete_pod_link(pod))
-            link = pod.link_get(env.ifname)
-            assert link is not None
-
-            def sysctls() -> None:
-                with netns.entered(nsfd):
-                    netns.write_sysctl(f"net.ipv4.conf.{env.ifname}.arp_notify", "1")
-                    if any(i.version == 6 for i in ipam.ips):
-                        netns.write_sysctl(f"net.ipv6.conf.{env.ifname}.ndisc_notify", "1")
-            steps.run("sysctls", sysctls)
-            steps.run("addresses", lambda: [pod.addr_add(link.index, i.address) for i in ipam.ips])
-            steps.run("up", lambda: pod.link_set(link.index, up=True))
-            routes = self._pod_routes(ipam)
-            steps.run("routes", lambda: self._install_routes(pod, link, ipam, routes))
-            if shim is not None:
-                steps.run("shim-routes", lambda: self._shim_routes(att.ips, True, shim),
-                          lambda: self._shim_routes(att.ips, False))
-            steps.run("announce", lambda: self._announce(nsfd, link, ipam.ips))
-
-            return self._result(link, ipam, routes)
+            with steps:  # undo in reverse while the pod socket and netns fd are still open
+                pod = steps.run("open-netns", lambda: pod_socket(nsfd))
+                return self._add(steps, master, nsfd, pod)
         finally:
             if pod is not None:
                 pod.close()
             os.close(nsfd)
+
+    def _add(self, steps: Steps, master: Link, nsfd: int, pod: RTNL) -> Result:
+        c, env = self.conf, self.env
+        if pod.link_get(env.ifname) is not None:
+            raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
+
+        ipam = Result()
+        if c.ipam:
+            ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
+                             lambda: self._ipam("DEL"))
+        mac = self._choose_mac(ipam.ips)
+
+        att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
+                         parent=c.parent, mac=mac, netns=env.netns,
+                         ips=[str(i.address) for i in ipam.ips])
+        parent, shim = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
+
+        steps.run("link", lambda: self.host.macvlan_add(env.ifname, parent.index, c.macvlan_mode, mac=mac,
+                                                       mtu=c.mtu, netns_fd=nsfd),
+                  lambda: self._delete_pod_link(pod))
+        link = pod.link_get(env.ifname)
+        assert link is not None
+
+        def sysctls() -> None:
+            with netns.entered(nsfd):
+                netns.write_sysctl(f"net.ipv4.conf.{env.ifname}.arp_notify", "1")
+                if any(i.version == 6 for i in ipam.ips):
+                    netns.write_sysctl(f"net.ipv6.conf.{env.ifname}.ndisc_notify", "1")
+        steps.run("sysctls", sysctls)
+        steps.run("addresses", lambda: [pod.addr_add(link.index, i.address) for i in ipam.ips])
+        steps.run("up", lambda: pod.link_set(link.index, up=True))
+        routes = self._pod_routes(ipam)
+        steps.run("routes", lambda: self._install_routes(pod, link, ipam, routes))
+        if shim is not None:
+            steps.run("shim-routes", lambda: self._shim_routes(att.ips, True, shim),
+                      lambda: self._shim_routes(att.ips, False))
+        steps.run("announce", lambda: self._announce(nsfd, link, ipam.ips))
+
+        return self._result(link, ipam, routes)
 
     def _delete_pod_link(self, pod: RTNL) -> None:
         link = pod.link_get(self.env.ifname)

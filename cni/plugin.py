@@ -53,8 +53,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
         plugin = MacvlanPlugin(env, conf, environ)
         try:
             if env.command == "ADD":
-                with steps:
-                    result = plugin.add(steps)
+                result = plugin.add(steps)
                 return json.dumps(result.to_dict(conf.cni_version)).encode() + b"\n", 0
             if env.command == "DEL":
                 plugin.delete()
