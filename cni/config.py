@@ -99,7 +99,7 @@ def parse(doc: dict) -> NetConf:
     conf.default_route = _get(doc, "defaultRoute", bool, True)
     conf.state_dir = _get(doc, "stateDir", str, DEFAULT_STATE_DIR)
     conf.ipam = _get(doc, "ipam", dict, {})
-    if conf.ipam:
+    if doc.get("ipam") is not None:
         t = _get(conf.ipam, "type", str, required=True)
         if not t or "/" in t:
             raise CNIError(INVALID_CONFIG, f"invalid network config: 'ipam.type' {t!r} is not a plugin name")

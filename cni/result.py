@@ -63,7 +63,7 @@ class Result:
                 res.routes.append(RouteConfig(dst=ipaddress.ip_network(r["dst"], strict=False),
                                               gw=ipaddress.ip_address(r["gw"]) if r.get("gw") else None,
                                               extra=extra))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CNIError(DECODE, f"cannot decode {what}: {e}") from e
         return res
 
