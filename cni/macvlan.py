@@ -227,14 +227,15 @@ class MacvlanPlugin:
             pod.route_replace(r.dst, oif=link.index, gateway=r.gw, proto=4, onlink=onlink)
 
     def _announce(self, nsfd: int, link: Link, ips: list[IPConfig]) -> None:
-        # best effort: a lost announcement must not fail the pod; the kernel's arp_notify repeats it
+        # IPv4: the kernel sent the gratuitous ARP on link-up (arp_notify). Best effort: a lost
+        # announcement must not fail the pod.
+        v6 = [ip for ip in ips if ip.version == 6]
+        if not v6:
+            return
         try:
             with netns.entered(nsfd):
-                for ip in ips:
-                    if ip.version == 4:
-                        announce.gratuitous_arp(link.name, link.mac, ip.address.ip)
-                    else:
-                        announce.unsolicited_na(link.index, link.mac, ip.address.ip)
+                for ip in v6:
+                    announce.unsolicited_na(link.index, link.mac, ip.address.ip)
         except OSError as e:
             print(f"moor: announcing {link.name} failed: {e}", file=sys.stderr)
 

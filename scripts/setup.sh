@@ -52,7 +52,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
 fi
 STAMP=.venv/.moor-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
     touch "$STAMP"
 fi
 # the plugins directory tests and the demo give as CNI_PATH: moor next to the reference plugins

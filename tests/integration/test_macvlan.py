@@ -4,7 +4,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import struct
 import threading
 import time
 
@@ -74,11 +73,11 @@ def test_fixed_mac_and_ip_requested_by_the_runtime(net: MacvlanNet, how: str):
     assert net.lab.ping(net.pods["pod1"], GATEWAY)
 
 
-def _capture_arp(ns_path: str, ifname: str, out: list, ready: threading.Event, stop: threading.Event) -> None:
+def _capture(ns_path: str, ifname: str, out: list, ready: threading.Event, stop: threading.Event) -> None:
     from cni.netlink import netns as nsmod
     fd = nsmod.open_netns(ns_path)
     with nsmod.entered(fd):
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
     s.bind((ifname, 0))
     s.settimeout(0.2)
     ready.set()
@@ -90,30 +89,44 @@ def _capture_arp(ns_path: str, ifname: str, out: list, ready: threading.Event, s
     s.close()
 
 
-def test_add_sends_gratuitous_arp_that_the_peer_sees(net: MacvlanNet):
+def _add_and_capture(net: MacvlanNet, conf: dict, match) -> tuple[dict, list[bytes]]:
+    """ADD a pod while the physical peer captures; the frames `match(frame, result)` accepts."""
     frames: list[bytes] = []
     ready, stop = threading.Event(), threading.Event()
-    t = threading.Thread(target=_capture_arp, args=(f"/run/netns/{net.peer}", "pp0", frames, ready, stop))
+    t = threading.Thread(target=_capture, args=(f"/run/netns/{net.peer}", "pp0", frames, ready, stop))
     t.start()
     ready.wait(5)
     try:
-        res = net.add("pod1")
+        res = net.add("pod1", conf)
         deadline = time.time() + 3
-        ip = ipaddress.ip_address(_ip(res)).packed
-        garps = []
-        while time.time() < deadline and not garps:
+        hits: list[bytes] = []
+        while time.time() < deadline and not hits:
             time.sleep(0.1)
-            for f in list(frames):
-                spa, tpa = f[28:32], f[38:42]
-                if f[12:14] == b"\x08\x06" and spa == ip and tpa == ip:
-                    garps.append(f)
+            hits = [f for f in list(frames) if match(f, res)]
     finally:
         stop.set()
         t.join()
+    return res, hits
+
+
+def test_add_announces_the_pod_with_a_gratuitous_arp_the_peer_sees(net: MacvlanNet):
+    def garp(f: bytes, res: dict) -> bool:
+        ip = ipaddress.ip_address(_ip(res)).packed
+        return f[12:14] == b"\x08\x06" and f[28:32] == ip and f[38:42] == ip
+    res, garps = _add_and_capture(net, net.conf(), garp)
     assert garps, "no gratuitous ARP for the pod's IP reached the physical peer"
-    sha = ":".join(f"{b:02x}" for b in garps[0][22:28])
-    assert sha == res["interfaces"][0]["mac"]
-    assert {struct.unpack("!H", g[20:22])[0] for g in garps} <= {1, 2}
+    assert ":".join(f"{b:02x}" for b in garps[0][22:28]) == res["interfaces"][0]["mac"]
+
+
+def test_add_sends_an_unsolicited_na_for_ipv6(net: MacvlanNet):
+    def na(f: bytes, res: dict) -> bool:
+        # Ethernet(14) + IPv6(40): next header ICMPv6, type 136, target = the pod's address
+        return (f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 136
+                and f[62:78] == ipaddress.ip_address(_ip(res, 6)).packed)
+    res, nas = _add_and_capture(net, net.conf(ipv6=True), na)
+    assert nas, "no unsolicited NA for the pod's IPv6 address reached the physical peer"
+    assert nas[0][58] & 0x20  # the Override flag (ICMPv6 starts at 54: type, code, checksum, flags)
+    assert ":".join(f"{b:02x}" for b in nas[0][80:86]) == res["interfaces"][0]["mac"]
 
 
 @pytest.mark.parametrize("version", ["1.1.0", "1.0.0", "0.4.0", "0.3.1"])
