@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cni.install import write_launcher  # noqa: E402
 from dataplane.nslab import Lab, sh  # noqa: E402
 
-MOOR = str(Path(sys.executable).parent / "moor")
 REF = "/usr/lib/cni"
 
 
@@ -69,7 +69,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="moor-bench-"))
     cni_bin = tmp / "bin"
     cni_bin.mkdir()
-    os.symlink(MOOR, cni_bin / "moor")
+    launcher = str(write_launcher(cni_bin))
     for p in Path(REF).iterdir():
         os.symlink(p, cni_bin / p.name)
 
@@ -84,7 +84,7 @@ def main() -> int:
         "moor": {"cniVersion": "1.0.0", "name": "bmoor", "type": "moor", "mode": "macvlan", "master": "up0",
                  "stateDir": str(tmp / "state"), "ipam": ipam("moor")},
     }
-    exes = {"go-macvlan": f"{REF}/macvlan", "moor": MOOR}
+    exes = {"go-macvlan": f"{REF}/macvlan", "moor": launcher}
     results: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in confs}
     internal: list[float] = []
     with Lab() as lab:
@@ -124,9 +124,11 @@ def main() -> int:
     print(f"ratio moor/reference: ADD {ra:.2f}x, DEL {rd:.2f}x (median)")
     py = str(Path(sys.executable))
     print("\nwhere moor's ADD time goes (medians, ms):")
-    print(f"  python -I -S -c pass            {_wall([py, '-I', '-S', '-c', 'pass']):7.2f}")
+    root = str(Path(__file__).resolve().parent.parent)
+    imp = f"import sys; sys.path.insert(0, {root!r}); import cni.plugin, cni.macvlan"
+    print(f"  python -IS -c pass (launcher)   {_wall([py, '-IS', '-c', 'pass']):7.2f}")
     print(f"  venv python -c pass             {_wall([py, '-c', 'pass']):7.2f}")
-    print(f"  import cni.plugin, cni.macvlan  {_wall([py, '-c', 'import cni.plugin, cni.macvlan']):7.2f}")
+    print(f"  python -IS + moor's imports     {_wall([py, '-IS', '-c', imp]):7.2f}")
     print(f"  import pyroute2 (not used)      {_wall([py, '-c', 'import pyroute2'], 5):7.2f}")
     print(f"  host-local ADD exec             {statistics.median(hl):7.2f}")
     print(f"  moor ADD inside the process     {statistics.median(internal):7.2f}  (IPAM exec included)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Mapping, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
+    from typing import Mapping, Optional
 
 from .errors import INCOMPATIBLE_VERSION, IPAM_FAILED, CNIError
 from .version import SUPPORTED, key

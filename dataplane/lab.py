@@ -20,18 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cni.install import write_launcher
+
 from .nslab import Lab, require_root
 
 REF_PLUGINS = "/usr/lib/cni"
 
 
 class Demo:
-    def __init__(self, lab: Lab, tmp: Path, moor: str):
-        self.lab, self.tmp, self.moor = lab, tmp, moor
+    def __init__(self, lab: Lab, tmp: Path):
+        self.lab, self.tmp = lab, tmp
         self.failures = 0
         self.bin = tmp / "cni-bin"
         self.bin.mkdir()
-        os.symlink(moor, self.bin / "moor")
+        self.moor = str(write_launcher(self.bin))
         for p in Path(REF_PLUGINS).iterdir():
             os.symlink(p, self.bin / p.name)
 
@@ -106,11 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"lab: {why}", file=sys.stderr)
         return 2
-    moor = shutil.which("moor", path=str(Path(sys.executable).parent)) or "moor"
     tmp = Path(tempfile.mkdtemp(prefix="moor-lab-"))
     try:
         with Lab() as lab:
-            return Demo(lab, tmp, moor).run()
+            return Demo(lab, tmp).run()
     except subprocess.SubprocessError as e:
         print(f"lab: {e}", file=sys.stderr)
         return 1

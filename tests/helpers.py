@@ -5,13 +5,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from cni.install import write_launcher
+
 REPO = Path(__file__).resolve().parent.parent
-MOOR = str(Path(sys.executable).parent / "moor")
 REF_PLUGINS = "/usr/lib/cni"
 
 
@@ -32,11 +32,12 @@ class Reply:
 
 
 def cni_path(tmp: Path) -> str:
-    """A CNI_PATH holding moor next to the reference plugins (as a node's /opt/cni/bin would)."""
+    """A CNI_PATH holding moor, installed as a node would get it (the -IS launcher of
+    `python -m cni.install`), next to the reference plugins, as in /opt/cni/bin."""
     d = tmp / "cni-bin"
     if not d.exists():
         d.mkdir()
-        os.symlink(MOOR, d / "moor")
+        write_launcher(d)
         for p in Path(REF_PLUGINS).iterdir():
             os.symlink(p, d / p.name)
     return str(d)
@@ -44,7 +45,9 @@ def cni_path(tmp: Path) -> str:
 
 def run_cni(node_ns: Optional[str], command: str, conf: Any, *, path: str, container_id: str = "c1",
             netns: str = "", ifname: str = "eth0", args: str = "", env: Optional[dict] = None,
-            exe: str = MOOR) -> Reply:
+            exe: Optional[str] = None) -> Reply:
+    """Execute the plugin as a runtime does; `exe` defaults to the moor found in `path`."""
+    exe = exe or os.path.join(path, "moor")
     e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
          "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": path}
     if args:

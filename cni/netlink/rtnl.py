@@ -7,13 +7,16 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Optional, Union
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
+    from typing import Optional, Union
+
+    IPNet = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    IPIf = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+    IPAddr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 from . import wire as w
-
-IPNet = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPIf = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPAddr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class NetlinkError(OSError):
