@@ -15,7 +15,7 @@ from . import announce, delegate
 from . import mac as macs
 from .config import NetConf
 from .env import Env
-from .errors import (INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
+from .errors import (INTERFACE_EXISTS, KERNEL_REFUSED, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
                      VLAN_UNSUPPORTED, CHECK_FAILED, CNIError)
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
@@ -223,10 +223,16 @@ class MacvlanPlugin:
         return routes
 
     def _install_routes(self, pod: RTNL, link: Link, ipam: Result, routes: list[RouteConfig]) -> None:
+        """Add the pod's routes. A default route another interface already holds (moor as a
+        second network, e.g. under Multus) is kept, as the spec asks, and dropped from our result."""
         nets = [i.address.network for i in ipam.ips]
-        for r in routes:
+        for r in list(routes):
             onlink = r.gw is not None and not any(r.gw in n for n in nets if n.version == r.gw.version)
-            pod.route_replace(r.dst, oif=link.index, gateway=r.gw, proto=4, onlink=onlink)
+            if not pod.route_add(r.dst, oif=link.index, gateway=r.gw, proto=4, onlink=onlink):
+                if r.dst.prefixlen:
+                    raise CNIError(KERNEL_REFUSED, f"route {r.dst} already exists in {self.env.netns}")
+                print(f"moor: keeping the existing default route in {self.env.netns}", file=sys.stderr)
+                routes.remove(r)
 
     def _announce(self, nsfd: int, link: Link, ips: list[IPConfig]) -> None:
         # IPv4: the kernel sent the gratuitous ARP on link-up (arp_notify). Best effort: a lost

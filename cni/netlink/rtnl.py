@@ -236,6 +236,19 @@ class RTNL:
         body = self._route_body(dst, oif, gateway, proto, scope, onlink, table, priority)
         self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
 
+    def route_add(self, dst: IPNet, oif: int = 0, gateway: Optional[IPAddr] = None, proto: int = 4,
+                  onlink: bool = False, table: int = w.RT_TABLE_MAIN) -> bool:
+        """Add a route that must not displace another; False when one to dst already exists."""
+        scope = w.RT_SCOPE_UNIVERSE if gateway is not None else w.RT_SCOPE_LINK
+        body = self._route_body(dst, oif, gateway, proto, scope, onlink, table)
+        try:
+            self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"add route {dst}")
+        except NetlinkError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise
+        return True
+
     def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN) -> bool:
         # scope NOWHERE matches a route of any scope (the kernel compares the scope otherwise)
         body = self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table)

@@ -262,3 +262,46 @@ def test_version_reply(net: MacvlanNet):
     assert r.code == 0
     assert r.json == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
     assert json.loads(run_cni(None, "VERSION", b"", path=net.path).stdout)["cniVersion"] == "1.1.0"
+
+
+def test_second_network_keeps_the_pods_existing_default_route(net: MacvlanNet):
+    pod = net.pod("pod1")
+    ns = net.pods["pod1"]
+    # the pod's primary network (eth0) came first and owns the default route
+    sh("ip", "link", "add", "prim0", "netns", ns, "type", "veth", "peer", "name", "prim1", "netns", net.node)
+    net.lab.run(ns, "ip", "link", "set", "prim0", "up")
+    net.lab.run(ns, "ip", "addr", "add", "203.0.113.2/24", "dev", "prim0")
+    net.lab.run(ns, "ip", "route", "add", "default", "via", "203.0.113.1")
+    r = net.cni("ADD", net.conf(), ifname="net1", netns=pod)
+    assert r.code == 0, r.stdout
+    default = ipj(ns, "route", "show", "default")
+    assert len(default) == 1 and default[0]["gateway"] == "203.0.113.1"
+    assert all(rt["dst"] != "0.0.0.0/0" for rt in r.json.get("routes", []))
+    assert net.lab.ping(ns, GATEWAY)  # on-link through net1
+    assert net.cni("CHECK", dict(net.conf(), prevResult=r.json), ifname="net1").code == 0
+
+
+def test_concurrent_adds_and_dels_share_the_host_shim_safely(net: MacvlanNet):
+    """kubelet runs plugins in parallel: the shim is created once, survives while any pod uses it,
+    and goes with the last one (the parent lock serialises create/delete)."""
+    from concurrent.futures import ThreadPoolExecutor
+    conf = net.conf(hostShim=True)
+    first = [f"pod{i}" for i in range(6)]
+    second = [f"pod{i}" for i in range(6, 10)]
+    for p in first + second:
+        net.pod(p)
+    with ThreadPoolExecutor(6) as ex:
+        assert all(r.code == 0 for r in ex.map(lambda p: net.cni("ADD", conf, p), first))
+        # DELs of the first wave race ADDs of the second
+        dels = ex.map(lambda p: net.cni("DEL", conf, p), first)
+        adds = list(ex.map(lambda p: net.cni("ADD", conf, p), second))
+        assert all(r.code == 0 for r in dels) and all(r.code == 0 for r in adds), [a.stdout for a in adds]
+    shims = [l["ifname"] for l in ipj(net.node, "link", "show") if l["ifname"].startswith("mshim")]
+    assert len(shims) == 1
+    for r in adds:
+        assert net.lab.ping(net.node, _ip(r.json))
+    with ThreadPoolExecutor(4) as ex:
+        assert all(r.code == 0 for r in ex.map(lambda p: net.cni("DEL", conf, p), second))
+    assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("mshim")]
+    assert not list((net.tmp / "state" / "networks" / "mnet").iterdir())
+    assert ipj(net.node, "route", "show", "proto", "110") == []
