@@ -305,3 +305,19 @@ def test_concurrent_adds_and_dels_share_the_host_shim_safely(net: MacvlanNet):
     assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("mshim")]
     assert not list((net.tmp / "state" / "networks" / "mnet").iterdir())
     assert ipj(net.node, "route", "show", "proto", "110") == []
+
+
+@pytest.mark.parametrize("how", ["runtimeConfig.ips", "CNI_ARGS IP=", "args.cni.ips"])
+def test_explicit_ip_reaches_the_delegated_ipam(net: MacvlanNet, how: str):
+    conf = net.conf()
+    kw = {}
+    if how == "runtimeConfig.ips":
+        conf["capabilities"] = {"ips": True}
+        conf["runtimeConfig"] = {"ips": ["192.0.2.42/24"]}
+    elif how == "args.cni.ips":
+        conf["args"] = {"cni": {"ips": ["192.0.2.42"]}}
+    else:
+        kw["args"] = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=db-0;IP=192.0.2.42"
+    res = net.add("pod1", conf, **kw)
+    assert _addr(res) == "192.0.2.42/24"
+    assert res["interfaces"][0]["mac"] == "0a:58:c0:00:02:2a"  # and the MAC follows the fixed IP
