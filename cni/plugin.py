@@ -21,26 +21,13 @@ FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
 TIMING_ENV = "MOOR_TIMING"  # print per-step timings to stderr
 
 
-def _version_reply(stdin: bytes) -> bytes:
-    asked = version.LATEST
-    try:
-        doc = json.loads(stdin) if stdin.strip() else {}
-        if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
-            asked = doc["cniVersion"]
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    if asked not in version.SUPPORTED:
-        asked = version.LATEST
-    return json.dumps({"cniVersion": asked, "supportedVersions": list(version.SUPPORTED)}).encode() + b"\n"
-
-
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
     t0 = time.perf_counter()
     cni_version = None
     steps = Steps(failpoint=environ.get(FAILPOINT_ENV) or None)
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
-            return _version_reply(stdin), 0
+            return version.reply(stdin), 0
         env = parse_env(environ)
         doc = config.decode(stdin)
         if isinstance(doc.get("cniVersion"), str):

@@ -1,6 +1,8 @@
 """Spec versions moor speaks and which verbs each allows."""
 from __future__ import annotations
 
+import json
+
 from .errors import INCOMPATIBLE_VERSION, CNIError
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -21,3 +23,17 @@ def require_at_least(v: str, minimum: str, verb: str) -> None:
     if key(v) < key(minimum):
         raise CNIError(INCOMPATIBLE_VERSION, f"config version {v} does not allow {verb}",
                        f"{verb} needs cniVersion {minimum} or later")
+
+
+def reply(stdin: bytes) -> bytes:
+    """The VERSION answer, in the version the caller asked for when moor speaks it."""
+    asked = LATEST
+    try:
+        doc = json.loads(stdin) if stdin.strip() else {}
+        if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
+            asked = doc["cniVersion"]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    if asked not in SUPPORTED:
+        asked = LATEST
+    return json.dumps({"cniVersion": asked, "supportedVersions": list(SUPPORTED)}).encode() + b"\n"

@@ -37,7 +37,8 @@ def cni_path(tmp: Path) -> str:
     d = tmp / "cni-bin"
     if not d.exists():
         d.mkdir()
-        write_launcher(d)
+        write_launcher(d, "moor")
+        write_launcher(d, "moor-ipam")
         for p in Path(REF_PLUGINS).iterdir():
             os.symlink(p, d / p.name)
     return str(d)

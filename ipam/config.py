@@ -1,0 +1,176 @@
+"""moor-ipam configuration (the `ipam` object of a network config), validated field by field."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from cni.errors import INVALID_CONFIG, CNIError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+STICKY = ("pod", "workload", "none")
+RELEASE = ("hold", "never", "immediate")
+DEFAULT_HOLD_S = 300
+DEFAULT_COOLDOWN_S = 30
+DEFAULT_DATA_DIR = "/var/lib/moor/ipam"
+
+
+def _err(msg: str) -> CNIError:
+    return CNIError(INVALID_CONFIG, f"invalid ipam config: {msg}")
+
+
+def _get(doc: dict, key: str, typ: type | tuple, default: Any = None, where: str = "ipam") -> Any:
+    if doc.get(key) is None:
+        return default
+    val = doc[key]
+    if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise _err(f"'{where}.{key}' must be {names}, got {val!r}")
+    return val
+
+
+def _ip(doc: dict, key: str, where: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    val = _get(doc, key, str, None, where)
+    if val is None:
+        return None
+    try:
+        return ipaddress.ip_address(val)
+    except ValueError:
+        raise _err(f"'{where}.{key}' {val!r} is not an IP address") from None
+
+
+@dataclass
+class Route:
+    dst: str
+    gw: str = ""
+
+
+@dataclass
+class Pool:
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    start: ipaddress.IPv4Address | ipaddress.IPv6Address
+    end: ipaddress.IPv4Address | ipaddress.IPv6Address
+    gateway: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
+    exclude: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    release: str = "hold"
+    hold_s: float = DEFAULT_HOLD_S
+
+    @property
+    def version(self) -> int:
+        return self.cidr.version
+
+    def usable(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """In range, not the gateway, not excluded, not the IPv4 network/broadcast address."""
+        if not (self.start <= ip <= self.end) or ip == self.gateway:
+            return False
+        if self.cidr.prefixlen < self.cidr.max_prefixlen - 1:
+            # IPv4 network and broadcast addresses; IPv6 subnet-router anycast (the ::0 address)
+            if ip == self.cidr.network_address or (self.version == 4 and ip == self.cidr.broadcast_address):
+                return False
+        return not any(ip in ex for ex in self.exclude)
+
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+
+@dataclass
+class IPAMConf:
+    network: str
+    pools: list[Pool]
+    sticky: str = "pod"
+    cooldown_s: float = DEFAULT_COOLDOWN_S
+    data_dir: str = DEFAULT_DATA_DIR
+    etcd_endpoints: list[str] = field(default_factory=list)
+    etcd_prefix: str = "/moor/ipam"
+    etcd_timeout_s: float = 5.0
+    inventory_hook: list[str] = field(default_factory=list)
+    dns: dict = field(default_factory=dict)
+
+    def pool_of(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Optional[Pool]:
+        return next((p for p in self.pools if ip in p.cidr), None)
+
+
+def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
+    where = f"ipam.pools[{i}]"
+    if not isinstance(doc, dict):
+        raise _err(f"'{where}' must be an object")
+    cidr_s = _get(doc, "cidr", str, None, where)
+    if cidr_s is None:
+        raise _err(f"'{where}.cidr' is missing")
+    try:
+        cidr = ipaddress.ip_network(cidr_s, strict=False)
+    except ValueError:
+        raise _err(f"'{where}.cidr' {cidr_s!r} is not a CIDR") from None
+    hosts_first = cidr.network_address + (1 if cidr.prefixlen < cidr.max_prefixlen - 1 else 0)
+    start = _ip(doc, "rangeStart", where) or hosts_first
+    end = _ip(doc, "rangeEnd", where) or cidr.broadcast_address
+    gw = _ip(doc, "gateway", where)
+    for name, val in (("rangeStart", start), ("rangeEnd", end), ("gateway", gw)):
+        if val is not None and val not in cidr:
+            raise _err(f"'{where}.{name}' {val} is outside {cidr}")
+    if start > end:
+        raise _err(f"'{where}.rangeStart' {start} is after rangeEnd {end}")
+    exclude = []
+    for j, ex in enumerate(_get(doc, "exclude", list, [], where)):
+        try:
+            exclude.append(ipaddress.ip_network(ex, strict=False))
+        except (ValueError, TypeError):
+            raise _err(f"'{where}.exclude[{j}]' {ex!r} is not an IP or CIDR") from None
+    routes = []
+    for j, r in enumerate(_get(doc, "routes", list, [], where)):
+        if not isinstance(r, dict) or not isinstance(r.get("dst"), str):
+            raise _err(f"'{where}.routes[{j}]' needs a 'dst' CIDR")
+        try:
+            ipaddress.ip_network(r["dst"], strict=False)
+            if r.get("gw"):
+                ipaddress.ip_address(r["gw"])
+        except ValueError as e:
+            raise _err(f"'{where}.routes[{j}]': {e}") from None
+        routes.append(Route(dst=r["dst"], gw=r.get("gw", "")))
+    rel = _get(doc, "release", str, release, where)
+    if rel not in RELEASE:
+        raise _err(f"'{where}.release' {rel!r} is not one of {', '.join(RELEASE)}")
+    hold = _get(doc, "holdSeconds", (int, float), hold_s, where)
+    return Pool(cidr=cidr, start=start, end=end, gateway=gw, exclude=exclude, routes=routes, release=rel,
+                hold_s=float(hold))
+
+
+def parse(netconf: dict) -> IPAMConf:
+    doc = netconf.get("ipam")
+    if not isinstance(doc, dict):
+        raise _err("the network config has no 'ipam' object")
+    release = _get(doc, "release", str, "hold")
+    if release not in RELEASE:
+        raise _err(f"'ipam.release' {release!r} is not one of {', '.join(RELEASE)}")
+    hold = _get(doc, "holdSeconds", (int, float), DEFAULT_HOLD_S)
+    if hold < 0:
+        raise _err("'ipam.holdSeconds' must not be negative")
+    pools_doc = _get(doc, "pools", list, [])
+    if not pools_doc:
+        raise _err("'ipam.pools' needs at least one pool")
+    pools = [_pool(p, i, release, float(hold)) for i, p in enumerate(pools_doc)]
+    for i, a in enumerate(pools):
+        for b in pools[i + 1:]:
+            if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):
+                raise _err(f"pools {a.cidr} and {b.cidr} overlap")
+    sticky = _get(doc, "sticky", str, "pod")
+    if sticky not in STICKY:
+        raise _err(f"'ipam.sticky' {sticky!r} is not one of {', '.join(STICKY)}")
+    conf = IPAMConf(network=str(netconf.get("name", "")), pools=pools, sticky=sticky,
+                    cooldown_s=float(_get(doc, "cooldownSeconds", (int, float), DEFAULT_COOLDOWN_S)),
+                    data_dir=_get(doc, "dataDir", str, DEFAULT_DATA_DIR),
+                    dns=_get(doc, "dns", dict, {}))
+    etcd = _get(doc, "etcd", dict, None)
+    if etcd is not None:
+        eps = _get(etcd, "endpoints", list, [], "ipam.etcd")
+        if not eps or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps):
+            raise _err("'ipam.etcd.endpoints' must list http(s):// URLs")
+        conf.etcd_endpoints = eps
+        conf.etcd_prefix = _get(etcd, "prefix", str, "/moor/ipam", "ipam.etcd").rstrip("/")
+        conf.etcd_timeout_s = float(_get(etcd, "timeoutSeconds", (int, float), 5.0, "ipam.etcd"))
+    hook = _get(doc, "inventoryHook", (list, str), [])
+    conf.inventory_hook = [hook] if isinstance(hook, str) else [str(h) for h in hook]
+    return conf

@@ -1,0 +1,108 @@
+"""Who a pod is, for stickiness, and which IPs it asks for.
+
+- pod identity `pod:<ns>/<name>`: pods with stable names (StatefulSets, pods updated in place);
+- workload identity `workload:<ns>/<key>`: pods whose names change (Deployment/ReplicaSet,
+  DaemonSet, Job); the key is the annotation `moor.io/workload`, else the owner's name derived from
+  the pod-name pattern: `<deployment>-<rs hash>-<5 chars>` or `<owner>-<5 chars>`; a name ending in
+  `-<ordinal>` is a StatefulSet pod and keeps its own pod identity.
+Explicit IPs come from runtimeConfig `ips`, `args.cni.ips`, `IP=` in CNI_ARGS, or the pod
+annotation `moor.io/ips` (with the `io.kubernetes.cri.pod-annotations` capability, containerd
+passes every annotation in runtimeConfig).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+
+from cni.errors import INVALID_CONFIG, INVALID_ENV, CNIError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
+
+ANNOTATIONS_CAP = "io.kubernetes.cri.pod-annotations"
+ANN_IPS = "moor.io/ips"
+ANN_WORKLOAD = "moor.io/workload"
+
+_DEPLOYMENT = re.compile(r"^(?P<owner>.+)-[bcdfghjklmnpqrstvwxz2456789]{6,10}-[bcdfghjklmnpqrstvwxz2456789]{5}$")
+_GENERATED = re.compile(r"^(?P<owner>.+)-[bcdfghjklmnpqrstvwxz2456789]{5}$")
+_ORDINAL = re.compile(r"^.+-\d+$")
+
+
+@dataclass
+class Identity:
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    key: str = ""  # the sticky key, "" when not sticky
+    explicit: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
+
+    @property
+    def pod(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else ""
+
+
+def workload_of(name: str) -> str:
+    """The owner's name from a generated pod name; the name itself when it is not generated."""
+    if _ORDINAL.match(name):
+        return ""  # StatefulSet pod: its own name is stable, use the pod identity
+    for pat in (_DEPLOYMENT, _GENERATED):
+        m = pat.match(name)
+        if m:
+            return m.group("owner")
+    return name
+
+
+def _ips(value, what: str, code: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise CNIError(code, f"invalid {what}: {value!r} is not a JSON list") from None
+        else:
+            value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise CNIError(code, f"invalid {what}: expected a list of IPs, got {value!r}")
+    out = []
+    for v in value:
+        try:
+            # runtimes send either 192.0.2.5 or 192.0.2.5/24 (the ips capability carries a prefix)
+            out.append(ipaddress.ip_interface(str(v).strip()).ip)
+        except ValueError:
+            raise CNIError(code, f"invalid {what}: {v!r} is not an IP address") from None
+    return out
+
+
+def identify(args: Mapping[str, str], netconf: dict, sticky: str) -> Identity:
+    ident = Identity(namespace=args.get("K8S_POD_NAMESPACE", ""), name=args.get("K8S_POD_NAME", ""),
+                     uid=args.get("K8S_POD_UID", ""))
+    rc = {str(k).lower(): v for k, v in (netconf.get("runtimeConfig") or {}).items()}
+    annotations = rc.get(ANNOTATIONS_CAP) or {}
+    if not isinstance(annotations, dict):
+        annotations = {}
+    # explicit IPs, first source wins
+    if rc.get("ips"):
+        ident.explicit = _ips(rc["ips"], "runtimeConfig.ips", INVALID_CONFIG)
+    elif isinstance(netconf.get("args"), dict) and isinstance(netconf["args"].get("cni"), dict) \
+            and netconf["args"]["cni"].get("ips"):
+        ident.explicit = _ips(netconf["args"]["cni"]["ips"], "args.cni.ips", INVALID_CONFIG)
+    elif args.get("IP"):
+        ident.explicit = _ips(args["IP"], "CNI_ARGS IP", INVALID_ENV)
+    elif annotations.get(ANN_IPS):
+        ident.explicit = _ips(annotations[ANN_IPS], f"annotation {ANN_IPS}", INVALID_CONFIG)
+    if len({ip.version for ip in ident.explicit}) != len(ident.explicit):
+        raise CNIError(INVALID_CONFIG, "invalid explicit IPs: at most one address of each family",
+                       ", ".join(map(str, ident.explicit)))
+    if sticky == "none" or not ident.name:
+        return ident
+    ns = ident.namespace
+    if sticky == "workload":
+        owner = str(annotations.get(ANN_WORKLOAD) or workload_of(ident.name))
+        ident.key = f"workload:{ns}/{owner}" if owner else f"pod:{ns}/{ident.name}"
+    else:
+        ident.key = f"pod:{ns}/{ident.name}"
+    return ident

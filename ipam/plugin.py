@@ -1,0 +1,183 @@
+"""moor-ipam, the CNI IPAM plugin: (environment, stdin) -> (stdout, exit code), like `moor`.
+
+Works under moor and under the reference macvlan/bridge/ptp plugins (`"ipam": {"type": "moor-ipam"}`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from cni import config as netconfig
+from cni import version
+from cni.env import parse_env
+from cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CNIError
+from cni.result import IPConfig, Result, RouteConfig
+
+from . import policy
+from .config import IPAMConf, parse
+from .identity import identify
+from .reservation import Reservation
+from .store import open_store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
+
+HOOK_FAILED = 113  # the inventory hook refused or failed an allocation (it was rolled back)
+HOOK_TIMEOUT_S = 10.0
+
+
+def node_name(environ: Mapping[str, str]) -> str:
+    return environ.get("MOOR_NODE_NAME") or socket.gethostname()
+
+
+def _result(conf: IPAMConf, taken: list[Reservation]) -> Result:
+    res = Result(dns=dict(conf.dns))
+    for r in taken:
+        ip = ipaddress.ip_address(r.ip)
+        pool = conf.pool_of(ip)
+        assert pool is not None
+        res.ips.append(IPConfig(address=ipaddress.ip_interface((ip, pool.cidr.prefixlen)), gateway=pool.gateway))
+        for rt in pool.routes:
+            res.routes.append(RouteConfig(dst=ipaddress.ip_network(rt.dst, strict=False),
+                                          gw=ipaddress.ip_address(rt.gw) if rt.gw else None))
+    return res
+
+
+def _hook(conf: IPAMConf, event: str, reservations: list[Reservation]) -> None:
+    """Tell the inventory (CMDB, source-IP authorisation) about a binding; raises on failure."""
+    if not conf.inventory_hook or not reservations:
+        return
+    doc = {"event": event, "network": conf.network, "reservations": [r.to_dict() for r in reservations]}
+    try:
+        p = subprocess.run(conf.inventory_hook, input=json.dumps(doc).encode(), capture_output=True,
+                           timeout=HOOK_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CNIError(HOOK_FAILED, f"inventory hook {conf.inventory_hook[0]} could not run: {e}") from e
+    if p.returncode != 0:
+        raise CNIError(HOOK_FAILED, f"inventory hook {conf.inventory_hook[0]} refused {event} (exit {p.returncode})",
+                       p.stderr.decode(errors="replace").strip()[-500:])
+
+
+def _add(environ: Mapping[str, str], env, netconf: dict, conf: IPAMConf, store) -> Result:
+    ident = identify(env.args, netconf, conf.sticky)
+    req = policy.Request(container_id=env.container_id, ifname=env.ifname, ident=ident, netns=env.netns,
+                         node=node_name(environ), now=time.time())
+    before: dict[str, Reservation | None] = {}
+
+    def alloc(view: policy.View) -> list[Reservation]:
+        taken = policy.allocate(view, conf, req)
+        before.clear()
+        before.update({ip: view.records.get(ip) for ip in view.changes})
+        return taken
+
+    taken = store.transact(conf.network, alloc)
+    try:
+        _hook(conf, "allocate", [r for r in taken if r.ip in before])
+    except CNIError:
+        def undo(view: policy.View) -> None:
+            for r in taken:
+                cur = view.get(r.ip)
+                if r.ip in before and cur is not None and cur.seq == r.seq:  # untouched since
+                    old = before[r.ip]
+                    view.put(old) if old is not None else view.delete(r.ip)
+        store.transact(conf.network, undo)
+        raise
+    return _result(conf, taken)
+
+
+def _del(env, conf: IPAMConf, store) -> None:
+    released = store.transact(conf.network, lambda v: policy.release(v, conf, env.container_id, env.ifname, time.time()))
+    try:
+        _hook(conf, "release", released)
+    except CNIError as e:  # DEL must stay idempotent: the inventory learns on the next event
+        print(f"moor-ipam: {e.msg}", file=sys.stderr)
+
+
+def _check(env, conf: IPAMConf, store) -> None:
+    mine = store.transact(conf.network, lambda v: [r for r in v.values() if r.state == "active"
+                                                  and r.container_id == env.container_id and r.ifname == env.ifname])
+    if not mine:
+        raise CNIError(policy.HELD_BY_OTHER, f"no active reservation for container {env.container_id} {env.ifname}")
+
+
+def gc(environ: Mapping[str, str], netconf: dict, conf: IPAMConf, store, valid: set | None) -> tuple[list, list]:
+    """Release this node's leaked reservations (two-pass). `valid` is the runtime's list of
+    attachments (CNI GC); None means reconcile: an attachment whose netns is gone is a leak."""
+    node = node_name(environ)
+
+    def live(r: Reservation) -> bool:
+        if valid is not None:
+            return (r.container_id, r.ifname) in valid
+        return bool(r.netns) and os.path.exists(r.netns)
+
+    marked, released = store.transact(conf.network, lambda v: policy.collect(v, conf, node, live, time.time()))
+    try:
+        _hook(conf, "release", released)
+    except CNIError as e:
+        print(f"moor-ipam: {e.msg}", file=sys.stderr)
+    return marked, released
+
+
+def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
+    cni_version = None
+    try:
+        if environ.get("CNI_COMMAND") == "VERSION":
+            return version.reply(stdin), 0
+        env = parse_env(environ)
+        netconf = netconfig.decode(stdin)
+        if isinstance(netconf.get("cniVersion"), str):
+            cni_version = netconf["cniVersion"]
+        if not isinstance(netconf.get("cniVersion"), str):
+            raise CNIError(INVALID_CONFIG, "invalid network config: missing 'cniVersion'")
+        version.require_supported(netconf["cniVersion"])
+        if env.command == "CHECK":
+            version.require_at_least(cni_version, "0.4.0", "CHECK")
+        if env.command in ("GC", "STATUS"):
+            version.require_at_least(cni_version, "1.1.0", env.command)
+        if not isinstance(netconf.get("name"), str) or not netconf["name"] or "/" in netconf["name"]:
+            raise CNIError(INVALID_CONFIG, "invalid network config: 'name' must be a non-empty string without '/'")
+        conf = parse(netconf)
+        store = open_store(conf)
+        try:
+            if env.command == "ADD":
+                return json.dumps(_add(environ, env, netconf, conf, store).to_dict(cni_version)).encode() + b"\n", 0
+            if env.command == "DEL":
+                _del(env, conf, store)
+            elif env.command == "CHECK":
+                _check(env, conf, store)
+            elif env.command == "GC":
+                valid = {(a.get("containerID"), a.get("ifname")) for a in netconf.get("cni.dev/valid-attachments") or []
+                         if isinstance(a, dict)}
+                gc(environ, netconf, conf, store, valid)
+            elif env.command == "STATUS":
+                try:
+                    store.transact(conf.network, lambda v: None)
+                except CNIError as e:
+                    raise CNIError(NOT_AVAILABLE, f"IPAM store unavailable: {e.msg}", e.details) from e
+            return b"", 0
+        finally:
+            store.close()
+    except CNIError as e:
+        return e.to_json(cni_version), 1
+    except OSError as e:
+        return CNIError(IO_FAILURE, str(e)).to_json(cni_version), 1
+    except Exception as e:  # never a traceback on stdout
+        return CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}").to_json(cni_version), 1
+
+
+def main() -> int:
+    try:
+        stdin = sys.stdin.buffer.read()
+    except OSError as e:
+        out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
+    else:
+        out, code = run(os.environ, stdin)
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    return code

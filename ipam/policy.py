@@ -1,0 +1,225 @@
+"""Allocation policy, pure: it reads and changes a View of one network's reservations inside one
+store transaction, so the same rules hold for the embedded store and for etcd.
+
+Codes (moor's own): 110 explicit IP outside every pool, 111 IP held by another identity,
+112 no free IP left in the pools of a family.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from cni.errors import CNIError
+
+from .config import IPAMConf, Pool
+from .identity import Identity
+from .reservation import ACTIVE, COOLING, HELD, Reservation
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Optional
+
+OUTSIDE_POOLS = 110
+HELD_BY_OTHER = 111
+EXHAUSTED = 112
+
+
+class View:
+    """One network's reservations as read at the start of a transaction, plus the changes."""
+
+    def __init__(self, records: dict[str, Reservation]):
+        self.records = records
+        self.changes: dict[str, Optional[Reservation]] = {}
+
+    def get(self, ip: str) -> Optional[Reservation]:
+        if ip in self.changes:
+            return self.changes[ip]
+        return self.records.get(ip)
+
+    def put(self, res: Reservation) -> None:
+        self.changes[res.ip] = res
+
+    def delete(self, ip: str) -> None:
+        self.changes[ip] = None
+
+    def values(self) -> list[Reservation]:
+        out = {ip: r for ip, r in self.records.items()}
+        for ip, r in self.changes.items():
+            if r is None:
+                out.pop(ip, None)
+            else:
+                out[ip] = r
+        return list(out.values())
+
+
+@dataclass
+class Request:
+    container_id: str
+    ifname: str
+    ident: Identity
+    netns: str = ""
+    node: str = ""
+    now: float = 0.0
+
+
+@dataclass
+class Released:
+    reservations: list[Reservation] = field(default_factory=list)
+
+
+def _free_for(res: Optional[Reservation], key: str, now: float, cooldown: float) -> bool:
+    """May a requester with sticky key `key` take this IP now?"""
+    if res is None:
+        return True
+    if res.state == ACTIVE:
+        return False
+    if res.state == HELD:
+        if key and res.identity == key:
+            return True
+        return res.hold_until is not None and now >= res.hold_until + cooldown
+    if res.state == COOLING:
+        return now >= res.cool_until or bool(key and res.identity == key)
+    return False
+
+
+def _take(view: View, conf: IPAMConf, pool: Pool, ip: str, req: Request,
+          old: Optional[Reservation]) -> Reservation:
+    res = Reservation(ip=ip, pool=str(pool.cidr), state=ACTIVE, identity=req.ident.key, pod=req.ident.pod,
+                      pod_uid=req.ident.uid, container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+                      node=req.node, seq=(old.seq + 1) if old else 1, updated=req.now)
+    view.put(res)
+    return res
+
+
+def _pod_takeover(old: Reservation, req: Request) -> bool:
+    """A pod identity (stable name) may take its own active reservation from a container that is
+    gone: k8s never runs two pods of one name; the old container's late DEL will not match."""
+    return bool(req.ident.key.startswith("pod:") and old.identity == req.ident.key
+                and old.container_id != req.container_id)
+
+
+def allocate(view: View, conf: IPAMConf, req: Request) -> list[Reservation]:
+    """One address per family the pools cover (dual stack), under the identity's rules."""
+    out: list[Reservation] = []
+    families = sorted({p.version for p in conf.pools})
+    mine = [r for r in view.values() if r.state == ACTIVE and r.container_id == req.container_id
+            and r.ifname == req.ifname]
+    for fam in families:
+        same = [r for r in mine if ipaddress.ip_address(r.ip).version == fam]
+        if same:  # idempotent ADD: the same container asks again
+            out.append(same[0])
+            continue
+        explicit = [ip for ip in req.ident.explicit if ip.version == fam]
+        if explicit:
+            out.append(_explicit(view, conf, req, explicit[0]))
+        else:
+            out.append(_sticky(view, conf, req, fam) or _fresh(view, conf, req, fam))
+    for ip in req.ident.explicit:
+        if ip.version not in families:
+            raise CNIError(OUTSIDE_POOLS, f"requested IP {ip} is outside every pool of network {conf.network}")
+    return out
+
+
+def _explicit(view: View, conf: IPAMConf, req: Request, ip) -> Reservation:
+    pool = conf.pool_of(ip)
+    if pool is None or not pool.usable(ip):
+        why = "outside every pool" if pool is None else f"not usable in pool {pool.cidr} (range, gateway or exclusion)"
+        raise CNIError(OUTSIDE_POOLS, f"requested IP {ip} is {why} of network {conf.network}")
+    old = view.get(str(ip))
+    if old is not None and old.state == ACTIVE and not _pod_takeover(old, req):
+        raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
+    if old is not None and old.state != ACTIVE and not _free_for(old, req.ident.key, req.now, conf.cooldown_s):
+        raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
+    return _take(view, conf, pool, str(ip), req, old)
+
+
+def _sticky(view: View, conf: IPAMConf, req: Request, fam: int) -> Optional[Reservation]:
+    key = req.ident.key
+    if not key:
+        return None
+    cands = [r for r in view.values() if r.identity == key and ipaddress.ip_address(r.ip).version == fam]
+    active = [r for r in cands if r.state == ACTIVE and _pod_takeover(r, req)]
+    held = sorted((r for r in cands if r.state in (HELD, COOLING)), key=lambda r: -r.updated)
+    for old in active + held:
+        pool = conf.pool_of(ipaddress.ip_address(old.ip))
+        if pool is not None and pool.usable(ipaddress.ip_address(old.ip)):
+            return _take(view, conf, pool, old.ip, req, old)
+    return None
+
+
+def _fresh(view: View, conf: IPAMConf, req: Request, fam: int) -> Reservation:
+    for pool in (p for p in conf.pools if p.version == fam):
+        for ip in _candidates(pool):
+            if not pool.usable(ip):
+                continue
+            old = view.get(str(ip))
+            if _free_for(old, "", req.now, conf.cooldown_s):
+                return _take(view, conf, pool, str(ip), req, old)
+    raise CNIError(EXHAUSTED, f"no free IPv{fam} address left in the pools of network {conf.network}")
+
+
+def _candidates(pool: Pool) -> Iterable:
+    ip, end = pool.start, pool.end
+    while ip <= end:
+        yield ip
+        ip += 1
+
+
+def release(view: View, conf: IPAMConf, container_id: str, ifname: str, now: float) -> list[Reservation]:
+    """DEL: release what this container holds, by its pool's policy. A reservation that another
+    container has taken over since (same name, new pod) is not this container's to release."""
+    out = []
+    for r in view.values():
+        if r.state == ACTIVE and r.container_id == container_id and r.ifname == ifname:
+            out.append(_release_one(view, conf, r, now))
+    return out
+
+
+def _release_one(view: View, conf: IPAMConf, r: Reservation, now: float) -> Reservation:
+    pool = conf.pool_of(ipaddress.ip_address(r.ip))
+    policy = pool.release if pool else "immediate"
+    if policy == "immediate" or not r.identity:
+        new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
+                      hold_until=None, gc_mark=0)
+    else:
+        hold_until = None if policy == "never" else now + (pool.hold_s if pool else 0)
+        new = replace(r, state=HELD, seq=r.seq + 1, updated=now, hold_until=hold_until, gc_mark=0)
+    view.put(new)
+    return new
+
+
+def release_ip(view: View, conf: IPAMConf, ip: str, seq: int, now: float, force_free: bool = False) -> bool:
+    """An operator's release of one IP (e.g. a `never` hold), only if it is still at `seq`."""
+    r = view.get(ip)
+    if r is None or r.seq != seq:
+        return False
+    if force_free:
+        view.put(replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
+                         hold_until=None, identity="", container_id="", gc_mark=0))
+    else:
+        _release_one(view, conf, r, now)
+    return True
+
+
+def collect(view: View, conf: IPAMConf, node: str, is_live, now: float) -> tuple[list[Reservation], list[Reservation]]:
+    """GC on one node: an active reservation of this node that `is_live(r)` denies is marked on
+    the first pass and released on a later pass only if nothing changed it since (same seq) and
+    it is still not live — a leak is released after it is seen twice and re-validated. Expired
+    holds and cool-downs are dropped. Returns (marked, released)."""
+    marked, released = [], []
+    for r in view.values():
+        if r.state == ACTIVE and r.node == node:
+            if is_live(r):
+                if r.gc_mark:
+                    view.put(replace(r, gc_mark=0))
+                continue
+            if r.gc_mark and r.gc_mark == r.seq:
+                released.append(_release_one(view, conf, r, now))
+            else:
+                marked.append(r)
+                view.put(replace(r, gc_mark=r.seq))
+        elif r.state == HELD and r.hold_until is not None and now >= r.hold_until + conf.cooldown_s:
+            view.delete(r.ip)
+        elif r.state == COOLING and now >= r.cool_until:
+            view.delete(r.ip)
+    return marked, released
