@@ -1,8 +1,8 @@
 """The cluster store: etcd v3 through its JSON gateway (stdlib HTTP, no gRPC stack to import).
 
-A transaction reads the network's reservations and its version key, and commits with a compare
-on the version key's mod_revision: if another node committed in between, nothing is written and
-the allocation is recomputed from the new state. Two nodes can never take the same IP. An
+A transaction reads the network's reservations and commits with a compare on the revision of
+every key it writes: if another node changed one of them in between, nothing is written and the
+allocation is recomputed from the new state. Two nodes can never take the same IP. An
 unreachable etcd is CNI error 11 (try again later), never a guess."""
 from __future__ import annotations
 
@@ -62,37 +62,35 @@ class EtcdStore:
                 errors.append(f"{ep}: {e}")
         raise CNIError(TRY_AGAIN_LATER, "etcd is unreachable", "; ".join(errors))
 
-    def _keys(self, network: str) -> tuple[str, str]:
-        base = f"{self.prefix}/{network}"
-        return f"{base}/ip/", f"{base}/version"
-
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
-        ip_prefix, version_key = self._keys(network)
+        prefix = f"{self.prefix}/{network}/ip/"
         for attempt in range(MAX_ATTEMPTS):
-            got = self._post("/v3/kv/txn", {"success": [
-                {"requestRange": {"key": _b64(ip_prefix), "range_end": _range_end(ip_prefix)}},
-                {"requestRange": {"key": _b64(version_key)}}]})
-            responses = got.get("responses") or []
-            kvs = (responses[0].get("response_range") or {}).get("kvs") or [] if responses else []
-            vkvs = (responses[1].get("response_range") or {}).get("kvs") or [] if len(responses) > 1 else []
-            seen = int(vkvs[0].get("mod_revision", 0)) if vkvs else 0
-            view = View({_unb64(kv["key"])[len(ip_prefix):]: Reservation.from_dict(json.loads(_unb64(kv["value"])))
-                         for kv in kvs})
+            got = self._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+            records, revs = {}, {}
+            for kv in got.get("kvs") or []:
+                ip = _unb64(kv["key"])[len(prefix):]
+                records[ip] = Reservation.from_dict(json.loads(_unb64(kv["value"])))
+                revs[ip] = kv.get("mod_revision", "0")
+            view = View(records)
             result = fn(view)
             if not view.changes:
                 return result
-            ops = []
+            # compare-and-swap on exactly the keys written: each must be as we read it (or still
+            # absent), so two nodes can never both take one IP, while allocations of different
+            # IPs do not conflict with each other
+            compare, ops = [], []
             for ip, res in view.changes.items():
-                if res is None:
-                    ops.append({"requestDeleteRange": {"key": _b64(ip_prefix + ip)}})
+                key = _b64(prefix + ip)
+                if ip in revs:
+                    compare.append({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": revs[ip]})
                 else:
-                    ops.append({"requestPut": {"key": _b64(ip_prefix + ip), "value": _b64(json.dumps(res.to_dict()))}})
-            ops.append({"requestPut": {"key": _b64(version_key), "value": _b64(str(time.time()))}})
-            compare = {"key": _b64(version_key), "result": "EQUAL"}
-            compare.update({"target": "MOD", "mod_revision": str(seen)} if seen else
-                           {"target": "CREATE", "create_revision": "0"})
-            done = self._post("/v3/kv/txn", {"compare": [compare], "success": ops})
+                    compare.append({"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
+                if res is None:
+                    ops.append({"requestDeleteRange": {"key": key}})
+                else:
+                    ops.append({"requestPut": {"key": key, "value": _b64(json.dumps(res.to_dict()))}})
+            done = self._post("/v3/kv/txn", {"compare": compare, "success": ops})
             if done.get("succeeded"):
                 return result
-            time.sleep(random.uniform(0, min(0.2, 0.005 * (attempt + 1))))  # another node won: redo
+            time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))  # another writer won: redo
         raise CNIError(TRY_AGAIN_LATER, f"etcd: network {network} is too contended, gave up after {MAX_ATTEMPTS} attempts")
