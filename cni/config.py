@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 TYPE_CHECKING = False
@@ -14,6 +15,7 @@ from .netlink.wire import MACVLAN_MODES
 from .result import Result
 
 MODES = ("macvlan",)
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")  # as libcni validates network names
 DEFAULT_STATE_DIR = "/var/lib/moor"
 
 
@@ -74,7 +76,7 @@ def parse(doc: dict) -> NetConf:
     ver = _get(doc, "cniVersion", str, required=True)
     version.require_supported(ver)
     name = _get(doc, "name", str, required=True)
-    if not name or any(c in name for c in "/\0"):
+    if not _NAME.match(name):
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' {name!r} is not a valid network name")
     conf = NetConf(cni_version=ver, name=name, type=_get(doc, "type", str, required=True), raw=doc)
     conf.mode = _get(doc, "mode", str, "macvlan")

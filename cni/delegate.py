@@ -66,7 +66,8 @@ def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[st
         if isinstance(doc, dict) and isinstance(doc.get("code"), int):
             # spec codes (<100) mean the same to the runtime and pass through; 100+ are that
             # plugin's private codes and would collide with moor's, so they become IPAM_FAILED
-            code = doc["code"] if doc["code"] < 100 else IPAM_FAILED
+            # (moor-ipam's codes are moor's own and pass through)
+            code = doc["code"] if doc["code"] < 100 or name == "moor-ipam" else IPAM_FAILED
             details = str(doc.get("details", "")) or (f"{name} error code {doc['code']}" if code != doc["code"] else "")
             raise CNIError(code, f"IPAM plugin {name}: {doc.get('msg', '')}", details)
         err = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-500:]
@@ -81,7 +82,10 @@ def add(name: str, environ: Mapping[str, str], path: list[str], conf: dict) -> R
     doc = run(name, "ADD", environ, path, conf)
     if doc is None:
         raise CNIError(IPAM_FAILED, f"IPAM plugin {name} ADD returned no result")
-    res = Result.parse(doc, f"IPAM plugin {name} result")
+    try:
+        res = Result.parse(doc, f"IPAM plugin {name} result")
+    except CNIError as e:
+        raise CNIError(IPAM_FAILED, e.msg, e.details) from e
     if not res.ips:
         raise CNIError(IPAM_FAILED, f"IPAM plugin {name} returned no IP address")
     return res

@@ -57,8 +57,9 @@ def parse_cni_args(text: str) -> dict[str, str]:
 
 
 def _valid_ifname(name: str) -> bool:
+    # '%' would make the kernel pick a name from a template (net%d -> net0)
     return 0 < len(name.encode()) <= 15 and name not in (".", "..") and not any(
-        c in name for c in "/: \t\n\0")
+        c in name for c in "/:% \t\n\0")
 
 
 def parse_env(environ: Mapping[str, str]) -> Env:
@@ -77,6 +78,6 @@ def parse_env(environ: Mapping[str, str]) -> Env:
                        "a container ID starts with a letter or digit and holds only [A-Za-z0-9_.-]")
     if env.ifname and not _valid_ifname(env.ifname):
         raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME {env.ifname!r}",
-                       "an interface name is 1-15 bytes without '/', ':' or whitespace")
+                       "an interface name is 1-15 bytes without '/', ':', '%' or whitespace")
     env.args = parse_cni_args(environ.get("CNI_ARGS", ""))
     return env

@@ -15,7 +15,7 @@ from . import announce, delegate
 from . import mac as macs
 from .config import NetConf
 from .env import Env
-from .errors import (INTERFACE_EXISTS, KERNEL_REFUSED, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
+from .errors import (INTERFACE_EXISTS, KERNEL_REFUSED, TRY_AGAIN_LATER, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
                      VLAN_UNSUPPORTED, CHECK_FAILED, CNIError)
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
@@ -41,9 +41,12 @@ def open_pod_netns(env: Env) -> int:
         raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {env.netns!r}: {e}") from None
 
 
-def pod_socket(nsfd: int) -> RTNL:
-    with netns.entered(nsfd):
-        return RTNL()
+def pod_socket(nsfd: int, path: str = "") -> RTNL:
+    try:
+        with netns.entered(nsfd):
+            return RTNL()
+    except ValueError:
+        raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {path!r}: not a network namespace") from None
 
 
 class MacvlanPlugin:
@@ -81,25 +84,32 @@ class MacvlanPlugin:
             return macs.from_ip((v4 or ips)[0].address.ip)
         return ""
 
+    def _parent_name(self, master: Link) -> str:
+        """The parent's real name: an altname in `master` resolves to the kernel's name, so every
+        network on one uplink shares one lock, one shim and one VLAN sub-interface."""
+        return f"{master.name}.{self.conf.vlan}" if self.conf.vlan else master.name
+
     def _ensure_parent(self, master: Link) -> Link:
         """The master, or its VLAN sub-interface created on demand (called under the parent lock)."""
         c = self.conf
         if not c.vlan:
             return master
-        link = self.host.link_get(c.parent)
+        name = self._parent_name(master)
+        link = self.host.link_get(name)
         if link is not None:
             if link.kind != "vlan" or link.vlan_id != c.vlan or link.parent != master.index:
-                raise CNIError(INVALID_CONFIG, f"invalid network config: {c.parent} exists but is not VLAN {c.vlan} of {c.master}")
+                raise CNIError(INVALID_CONFIG, f"invalid network config: {name} exists but is not VLAN {c.vlan} of {master.name}")
             return link
+        self.store.mark_owned(name)  # before creating: an interrupted ADD's undo may remove it
         try:
-            self.host.vlan_add(c.parent, master.index, c.vlan, up=True)
+            self.host.vlan_add(name, master.index, c.vlan, up=True)
         except NetlinkError as e:
+            self.store.unmark_owned(name)
             if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise CNIError(VLAN_UNSUPPORTED, f"the kernel cannot create VLAN sub-interface {c.parent}",
+                raise CNIError(VLAN_UNSUPPORTED, f"the kernel cannot create VLAN sub-interface {name}",
                                "8021q is not available (modprobe 8021q, or use a kernel built with VLAN support)") from e
             raise
-        self.store.mark_owned(c.parent)
-        link = self.host.link_get(c.parent)
+        link = self.host.link_get(name)
         assert link is not None
         return link
 
@@ -107,8 +117,8 @@ class MacvlanPlugin:
         name = shim_name(parent.name)
         link = self.host.link_get(name)
         if link is None:
-            self.host.macvlan_add(name, parent.index, "bridge", up=True)
             self.store.mark_owned(name)
+            self.host.macvlan_add(name, parent.index, "bridge", up=True)
             link = self.host.link_get(name)
             assert link is not None
         elif not link.up:
@@ -117,38 +127,52 @@ class MacvlanPlugin:
 
     def _release_shared(self, parent: str) -> None:
         """Remove the shim and the VLAN sub-interface moor created once no attachment uses them
-        (called under the parent lock, after this attachment's record is gone)."""
+        (called under the parent lock, after this attachment's record is gone). Only links moor
+        marked as its own, and only of the kind it made, are ever deleted."""
         if self.store.users(parent):
             return
-        for name in (shim_name(parent), parent if parent != self.conf.master else ""):
-            if name and self.store.owned(name):
-                link = self.host.link_get(name)
-                if link is not None:
-                    self.host.link_del(link.index)
-                self.store.unmark_owned(name)
+        for name, kind in ((shim_name(parent), "macvlan"), (parent, "vlan")):
+            if not self.store.owned(name):
+                continue
+            link = self.host.link_get(name)
+            if link is not None and link.kind == kind:
+                self.host.link_del(link.index)
+            self.store.unmark_owned(name)
 
     def _attach(self, att: Attachment, master: Link) -> tuple[Link, Optional[Link]]:
-        with self.store.lock(self.conf.parent):
-            parent = self._ensure_parent(master)
-            shim = self._ensure_shim(parent) if self.conf.host_shim else None
-            att.shim = shim.name if shim else ""
-            self.store.put(att)
+        att.parent = self._parent_name(master)
+        with self.store.lock(att.parent):
+            try:
+                parent = self._ensure_parent(master)
+                shim = self._ensure_shim(parent) if self.conf.host_shim else None
+                att.shim = shim.name if shim else ""
+                self.store.put(att)
+            except BaseException:
+                self._release_shared(att.parent)
+                raise
         return parent, shim
 
     def _detach(self, att: Attachment) -> None:
+        """Forget an attachment: its shim routes (unless another attachment now holds the IP),
+        its record, and the shared links it was the last user of. Idempotent."""
+        if not att.parent:
+            return
         with self.store.lock(att.parent):
+            if att.shim:
+                claimed = {ip for a in self.store.all() if (a.network, a.container_id, a.ifname) !=
+                           (att.network, att.container_id, att.ifname) for ip in a.ips}
+                shim = self.host.link_get(att.shim)
+                for cidr in att.ips:
+                    if cidr not in claimed and shim is not None:
+                        dst = ipaddress.ip_network(ipaddress.ip_interface(cidr).ip)
+                        self.host.route_del(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
             self.store.remove(att.network, att.container_id, att.ifname)
             self._release_shared(att.parent)
 
-    def _shim_routes(self, ips: list[str], add: bool, shim: Optional[Link] = None) -> None:
+    def _shim_routes(self, ips: list[str], shim: Link) -> None:
         for cidr in ips:
-            ip = ipaddress.ip_interface(cidr).ip
-            dst = ipaddress.ip_network(ip)
-            if add:
-                assert shim is not None
-                self.host.route_replace(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
-            else:
-                self.host.route_del(dst, proto=RTPROT_MOOR_SHIM)
+            dst = ipaddress.ip_network(ipaddress.ip_interface(cidr).ip)
+            self.host.route_replace(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
 
     # -- ADD ---------------------------------------------------------------------------------
     def add(self, steps: Steps) -> Result:
@@ -158,7 +182,7 @@ class MacvlanPlugin:
         pod = None
         try:
             with steps:  # undo in reverse while the pod socket and netns fd are still open
-                pod = steps.run("open-netns", lambda: pod_socket(nsfd))
+                pod = steps.run("open-netns", lambda: pod_socket(nsfd, env.netns))
                 return self._add(steps, master, nsfd, pod)
         finally:
             if pod is not None:
@@ -177,7 +201,7 @@ class MacvlanPlugin:
         mac = self._choose_mac(ipam.ips)
 
         att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
-                         parent=c.parent, mac=mac, netns=env.netns,
+                         parent="", mac=mac, netns=env.netns,
                          ips=[str(i.address) for i in ipam.ips])
         parent, shim = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
 
@@ -189,20 +213,29 @@ class MacvlanPlugin:
 
         def sysctls() -> None:
             with netns.entered(nsfd):
-                netns.write_sysctl(f"net.ipv4.conf.{env.ifname}.arp_notify", "1")
+                netns.write_sysctl(f"net/ipv4/conf/{env.ifname}/arp_notify", "1")
                 if any(i.version == 6 for i in ipam.ips):
-                    netns.write_sysctl(f"net.ipv6.conf.{env.ifname}.ndisc_notify", "1")
+                    netns.write_sysctl(f"net/ipv6/conf/{env.ifname}/ndisc_notify", "1")
         steps.run("sysctls", sysctls)
         steps.run("addresses", lambda: [pod.addr_add(link.index, i.address) for i in ipam.ips])
-        steps.run("up", lambda: pod.link_set(link.index, up=True))
+        steps.run("up", lambda: self._up(pod, link))
         routes = self._pod_routes(ipam)
         steps.run("routes", lambda: self._install_routes(pod, link, ipam, routes))
-        if shim is not None:
-            steps.run("shim-routes", lambda: self._shim_routes(att.ips, True, shim),
-                      lambda: self._shim_routes(att.ips, False))
+        if shim is not None:  # undone by the parent step's _detach, which removes them
+            steps.run("shim-routes", lambda: self._shim_routes(att.ips, shim))
         steps.run("announce", lambda: self._announce(nsfd, link, ipam.ips))
 
         return self._result(link, ipam, routes)
+
+    def _up(self, pod: RTNL, link: Link) -> None:
+        try:
+            pod.link_set(link.index, up=True)
+        except NetlinkError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            # a fixed IP keeps its MAC: the pod's previous sandbox still holds this MAC (and IP)
+            raise CNIError(TRY_AGAIN_LATER, f"MAC {link.mac} is in use by another macvlan on {self.conf.master}",
+                           "the pod's previous sandbox still holds this IP and MAC; retry after its DEL") from e
 
     def _delete_pod_link(self, pod: RTNL) -> None:
         link = pod.link_get(self.env.ifname)
@@ -263,36 +296,32 @@ class MacvlanPlugin:
     def delete(self) -> None:
         c, env = self.conf, self.env
         att = self.store.get(c.name, env.container_id, env.ifname)
-        if c.ipam:
-            self._ipam("DEL")
         if env.netns:
-            try:
-                nsfd = netns.open_netns(env.netns)
-            except (FileNotFoundError, ValueError):
-                nsfd = -1  # the netns is gone, and the macvlan with it
-            if nsfd >= 0:
-                try:
-                    pod = pod_socket(nsfd)
-                    try:
-                        link = pod.link_get(env.ifname)
-                        if link is not None and link.kind == "macvlan":
-                            pod.link_del(link.index)
-                    finally:
-                        pod.close()
-                finally:
-                    os.close(nsfd)
-        ips = att.ips if att else self._prev_ips()
-        if att is None or att.shim:
-            self._shim_routes(ips, False)
+            self._delete_link_in(env.netns, env.ifname)
         if att is not None:
             self._detach(att)
-        elif c.host_shim or c.vlan:
-            with self.store.lock(c.parent):
-                self._release_shared(c.parent)
+        if c.ipam:  # last: the IP is free only once nothing on the node points at it
+            self._ipam("DEL")
 
-    def _prev_ips(self) -> list[str]:
-        prev = self.conf.prev_result
-        return [str(i.address) for i in prev.ips] if prev else []
+    def _delete_link_in(self, path: str, ifname: str) -> None:
+        """Delete the pod's macvlan if its netns still exists; a missing netns or link is fine."""
+        try:
+            nsfd = netns.open_netns(path)
+        except (FileNotFoundError, ValueError, NotADirectoryError, IsADirectoryError):
+            return  # the netns is gone, and the macvlan with it
+        try:
+            try:
+                pod = pod_socket(nsfd, path)
+            except CNIError:
+                return  # not a network namespace: nothing of ours can be in it
+            try:
+                link = pod.link_get(ifname)
+                if link is not None and link.kind == "macvlan":
+                    pod.link_del(link.index)
+            finally:
+                pod.close()
+        finally:
+            os.close(nsfd)
 
     # -- CHECK -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -306,7 +335,7 @@ class MacvlanPlugin:
             diffs.append(f"parent link {c.parent} does not exist on the node")
         nsfd = open_pod_netns(env)
         try:
-            pod = pod_socket(nsfd)
+            pod = pod_socket(nsfd, env.netns)
         finally:
             os.close(nsfd)
         try:
@@ -357,20 +386,39 @@ class MacvlanPlugin:
 
     # -- GC and STATUS -------------------------------------------------------------------------
     def gc(self) -> None:
-        valid = set()
-        for a in self.conf.raw.get("cni.dev/valid-attachments") or []:
-            if isinstance(a, dict):
-                valid.add((a.get("containerID"), a.get("ifname")))
+        """Release attachments the runtime no longer lists. Like a leak in IPAM, a record is
+        released only when a second GC still finds it missing (an ADD may be in flight while the
+        runtime builds its list). Without a list, nothing is collected."""
+        raw = self.conf.raw
+        # SPEC 1.1.0 named the key cni.dev/attachments; libcni sends cni.dev/valid-attachments
+        lists = [raw[k] for k in ("cni.dev/valid-attachments", "cni.dev/attachments") if isinstance(raw.get(k), list)]
+        if not lists:
+            return
+        valid = {(a.get("containerID"), a.get("ifname")) for lst in lists for a in lst if isinstance(a, dict)}
+        ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
         for att in self.store.all(self.conf.name):
             if (att.container_id, att.ifname) in valid:
                 continue
-            if att.shim:
-                self._shim_routes(att.ips, False)
+            if not att.gc_seen:
+                att.gc_seen = 1
+                self.store.put(att)
+                continue
+            if att.netns:
+                self._delete_link_in(att.netns, att.ifname)
             self._detach(att)
-        if self.conf.ipam and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
+            if self.conf.ipam and not ipam_gc:
+                env = dict(self.environ, CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname,
+                           CNI_NETNS=att.netns)
+                delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+        if ipam_gc:
             self._ipam("GC")
 
     def status(self) -> None:
         self._master(code=NOT_AVAILABLE)
-        if self.conf.ipam and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
-            self._ipam("STATUS")
+        if self.conf.ipam:
+            try:
+                delegate.find_plugin(self.conf.ipam["type"], self.env.path)
+            except CNIError as e:
+                raise CNIError(NOT_AVAILABLE, e.msg, e.details) from e
+            if delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
+                self._ipam("STATUS")

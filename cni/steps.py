@@ -1,5 +1,6 @@
-"""A step/undo runner: every step of an ADD registers how to undo it; when a later step fails,
-the finished steps are undone in reverse order, so a failed ADD leaves nothing behind."""
+"""A step/undo runner: every step of an ADD registers how to undo it; when a step fails, the
+steps so far (the failing one included) are undone in reverse order, so a failed ADD leaves
+nothing behind."""
 from __future__ import annotations
 
 import sys
@@ -25,10 +26,13 @@ class Steps:
     undo_errors: list[str] = field(default_factory=list)
 
     def run(self, name: str, do: Callable[[], T], undo: Optional[Callable[[], object]] = None) -> T:
-        value = do()
-        self.names.append(name)
+        """Run a step. Its undo is registered *before* it runs, so a step that fails half-way
+        (an IPAM plugin that allocated and then printed garbage) is undone too: every undo must
+        therefore be idempotent, undoing whatever part of its step happened."""
         if undo is not None:
             self.done.append((name, undo))
+        value = do()
+        self.names.append(name)
         if self.failpoint == name:
             raise InjectedFailure(f"failpoint after step {name!r}")
         return value

@@ -5,6 +5,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -21,8 +22,14 @@ def free_port() -> int:
 class Etcd:
     proc: subprocess.Popen
     endpoint: str
+    netns: str = ""
 
     def healthy(self) -> bool:
+        if self.netns:  # loopback of another netns: ask from inside it
+            code = (f"import urllib.request,sys; r=urllib.request.urlopen({self.endpoint + '/health'!r}, timeout=1);"
+                    "sys.exit(0 if b'true' in r.read() else 1)")
+            return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c", code],
+                                  capture_output=True).returncode == 0
         try:
             with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
                 return json.loads(r.read()).get("health") in ("true", True)
@@ -39,18 +46,20 @@ class Etcd:
                 self.proc.wait()
 
 
-def start(data_dir: Path) -> Etcd:
+def start(data_dir: Path, netns: str = "") -> Etcd:
+    """Start etcd on loopback, inside `netns` when given (the plugin runs in the node's netns)."""
     exe = shutil.which("etcd")
     if exe is None:
         raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
     client, peer = free_port(), free_port()
     url_c, url_p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     log = open(data_dir.parent / f"etcd-{client}.log", "wb")
-    proc = subprocess.Popen([exe, "--name", "test", "--data-dir", str(data_dir),
+    prefix = ["ip", "netns", "exec", netns] if netns else []  # ip netns exec execs: same PID
+    proc = subprocess.Popen([*prefix, exe, "--name", "test", "--data-dir", str(data_dir),
                              "--listen-client-urls", url_c, "--advertise-client-urls", url_c,
                              "--listen-peer-urls", url_p, "--initial-advertise-peer-urls", url_p,
                              "--initial-cluster", f"test={url_p}"], stdout=log, stderr=subprocess.STDOUT)
-    e = Etcd(proc, url_c)
+    e = Etcd(proc, url_c, netns)
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:

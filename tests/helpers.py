@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,10 @@ def cni_path(tmp: Path) -> str:
 def run_cni(node_ns: Optional[str], command: str, conf: Any, *, path: str, container_id: str = "c1",
             netns: str = "", ifname: str = "eth0", args: str = "", env: Optional[dict] = None,
             exe: Optional[str] = None) -> Reply:
-    """Execute the plugin as a runtime does; `exe` defaults to the moor found in `path`."""
-    exe = exe or os.path.join(path, "moor")
+    """Execute the plugin as a runtime does; `exe` defaults to the config's `type` found in `path`."""
+    if exe is None:  # the plugin the config names, as libcni finds it
+        kind = conf.get("type") if isinstance(conf, dict) else None
+        exe = os.path.join(path, kind if isinstance(kind, str) and kind else "moor")
     e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
          "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": path}
     if args:
@@ -85,10 +88,29 @@ def files(*dirs: Path) -> list[tuple[str, str]]:
         if not d.exists():
             continue
         for p in sorted(d.rglob("*")):
-            if p.is_file() and p.suffix != ".lock" and p.name not in ("lock",) and \
-                    not p.name.startswith("last_reserved_ip"):
-                out.append((str(p.relative_to(d)), p.read_text(errors="replace")))
+            if not p.is_file() or p.suffix == ".lock" or p.name == "lock" or p.name.startswith("last_reserved_ip"):
+                continue
+            if p.name.startswith("ipam.sqlite3"):  # moor-ipam: compare reservations, not pages
+                if p.name == "ipam.sqlite3":
+                    out.append((str(p.relative_to(d)), reservations(p)))
+                continue
+            out.append((str(p.relative_to(d)), p.read_text(errors="replace")))
     return out
+
+
+def reservations(db: Path) -> str:
+    """moor-ipam's reservations in a SQLite store, without the timestamps."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT network, ip, data FROM reservations ORDER BY network, ip").fetchall()
+    finally:
+        con.close()
+    out = []
+    for net, ip, data in rows:
+        doc = json.loads(data)
+        doc.pop("updated", None)
+        out.append(f"{net} {ip} {json.dumps(doc, sort_keys=True)}")
+    return "\n".join(out)
 
 
 def have_reference_plugins() -> bool:

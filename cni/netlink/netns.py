@@ -59,7 +59,8 @@ def entered(fd: int) -> Iterator[None]:
         os.close(home)
 
 
-def write_sysctl(key: str, value: str) -> None:
-    """Write /proc/sys/<key> in the current netns ('net.ipv4.conf.eth0.arp_notify')."""
-    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+def write_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> in the current netns ('net/ipv4/conf/eth0.5/arp_notify': parts are
+    joined with '/', since interface names may hold dots)."""
+    with open("/proc/sys/" + path, "w") as f:
         f.write(value)

@@ -233,9 +233,28 @@ def test_gc_releases_attachments_the_runtime_no_longer_lists(net: MacvlanNet):
     r = run_cni(net.node, "GC", gc_conf, path=net.path, container_id="", netns="", ifname="")
     assert r.code == 0, r.stdout
     records = sorted(p.name for p in (net.tmp / "state" / "networks" / "mnet").iterdir())
+    assert len(records) == 2  # the first pass only marks: an ADD may be in flight
+    assert ipj(net.node, "route", "show", f"{_ip(r1)}/32") != []
+    # SPEC 1.1.0's own name for the key works too
+    gc_conf = dict(conf, **{"cni.dev/attachments": [{"containerID": "cid-pod2", "ifname": "eth0"}]})
+    r = run_cni(net.node, "GC", gc_conf, path=net.path, container_id="", netns="", ifname="")
+    assert r.code == 0, r.stdout
+    records = sorted(p.name for p in (net.tmp / "state" / "networks" / "mnet").iterdir())
     assert records == ["cid-pod2_eth0.json"]
+
     assert ipj(net.node, "route", "show", f"{_ip(r1)}/32") == []
     assert ipj(net.node, "route", "show", f"{_ip(r2)}/32") != []
+    assert [l["ifname"] for l in ipj(net.pods["pod1"], "link", "show")] == ["lo"]  # leaked link removed
+    assert not list((net.tmp / "ipam").rglob("192.0.2.*")) or \
+        [p.name for p in (net.tmp / "ipam").rglob("192.0.2.*")] == [_ip(r2)]  # host-local lease released
+
+
+def test_gc_without_an_attachment_list_collects_nothing(net: MacvlanNet):
+    conf = net.conf("1.1.0", hostShim=True)
+    net.add("pod1", conf)
+    for _ in range(2):
+        assert run_cni(net.node, "GC", conf, path=net.path, container_id="", netns="", ifname="").code == 0
+    assert len(list((net.tmp / "state" / "networks" / "mnet").iterdir())) == 1
 
 
 def test_status_reports_a_missing_master(net: MacvlanNet):
@@ -321,3 +340,37 @@ def test_explicit_ip_reaches_the_delegated_ipam(net: MacvlanNet, how: str):
     res = net.add("pod1", conf, **kw)
     assert _addr(res) == "192.0.2.42/24"
     assert res["interfaces"][0]["mac"] == "0a:58:c0:00:02:2a"  # and the MAC follows the fixed IP
+
+
+def test_interface_names_with_dots_work(net: MacvlanNet):
+    res = net.add("pod1", ifname="net1.5")
+    assert res["interfaces"][0]["name"] == "net1.5"
+    assert net.lab.run(net.pods["pod1"], "cat", "/proc/sys/net/ipv4/conf/net1.5/arp_notify").stdout.strip() == b"1"
+    assert net.cni("DEL", dict(net.conf(), prevResult=res), ifname="net1.5").code == 0
+
+
+def test_a_late_del_never_removes_the_route_of_the_pod_now_holding_the_ip(net: MacvlanNet):
+    """With a one-address range, B gets A's IP after A's DEL; a repeated DEL of A must not touch B."""
+    ipam = {"type": "host-local", "dataDir": str(net.tmp / "ipam"),
+            "ranges": [[{"subnet": "192.0.2.0/24", "rangeStart": "192.0.2.10", "rangeEnd": "192.0.2.10",
+                         "gateway": "192.0.2.1"}]]}
+    conf = net.conf(hostShim=True, ipam=ipam)
+    a = net.add("pod1", conf)
+    assert net.cni("DEL", dict(conf, prevResult=a), "pod1").code == 0
+    b = net.add("pod2", conf)
+    assert _ip(a) == _ip(b)
+    assert net.cni("DEL", dict(conf, prevResult=a), "pod1").code == 0  # containerd's repeat
+    assert ipj(net.node, "route", "show", f"{_ip(b)}/32") != []
+    assert net.lab.ping(net.node, _ip(b))
+
+
+def test_an_altname_master_shares_the_shim_with_the_kernel_name(net: MacvlanNet):
+    sh("ip", "-n", net.node, "link", "property", "add", "dev", "up0", "altname", "uplink0")
+    a = net.add("pod1", net.conf(hostShim=True))
+    b = net.add("pod2", net.conf(hostShim=True, master="uplink0"))
+    shims = [l["ifname"] for l in ipj(net.node, "link", "show") if l["ifname"].startswith("mshim")]
+    assert len(shims) == 1
+    assert net.cni("DEL", dict(net.conf(hostShim=True), prevResult=a), "pod1").code == 0
+    assert net.lab.ping(net.node, _ip(b))  # pod2's route and the shim survive
+    assert net.cni("DEL", dict(net.conf(hostShim=True, master="uplink0"), prevResult=b), "pod2").code == 0
+    assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("mshim")]
