@@ -172,6 +172,9 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
 
 
 def main() -> int:
+    if len(sys.argv) > 1:  # an operator, not a runtime (runtimes pass no arguments)
+        from .cli import main as cli_main
+        return cli_main(sys.argv[1:])
     try:
         stdin = sys.stdin.buffer.read()
     except OSError as e:
