@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 
 from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
@@ -33,13 +34,25 @@ class SQLiteStore:
     def __init__(self, data_dir: str):
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         self.path = os.path.join(data_dir, "ipam.sqlite3")
-        try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute(SCHEMA)
-        except sqlite3.Error as e:
-            raise CNIError(IO_FAILURE, f"cannot open IPAM database {self.path}: {e}") from e
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                # switching to WAL takes a lock the busy handler does not wait for: processes that
+                # open a new database together (a node's first pods) retry instead of failing
+                if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute(SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                self.db.close()
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise CNIError(TRY_AGAIN_LATER if "locked" in str(e) else IO_FAILURE,
+                                   f"cannot open IPAM database {self.path}: {e}") from e
+                time.sleep(0.01)
+            except sqlite3.Error as e:
+                raise CNIError(IO_FAILURE, f"cannot open IPAM database {self.path}: {e}") from e
 
     def close(self) -> None:
         self.db.close()

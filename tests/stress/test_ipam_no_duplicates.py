@@ -133,3 +133,23 @@ def test_no_duplicates_etcd_three_nodes(tmp_path: Path):
         _stress(tmp_path, _netconf(tmp_path, etcd.endpoint), nodes=3)
     finally:
         etcd.stop()
+
+
+def _open_and_add(args) -> tuple[bytes, int]:
+    netconf, cid, barrier = args
+    barrier.wait()  # everyone opens the brand-new database in the same instant
+    return run({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"},
+               json.dumps(netconf).encode())
+
+
+def test_many_processes_opening_a_new_database_at_once(tmp_path: Path):
+    """A node's first pods start together: each process opens, and sets up, the new database."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        netconf = _netconf(tmp_path / f"r{round_}", None)
+        barrier = ctx.Manager().Barrier(12)
+        with ctx.Pool(12) as pool:
+            outs = pool.map(_open_and_add, [(netconf, f"c{i}", barrier) for i in range(12)])
+        assert all(code == 0 for _, code in outs), outs
+        assert len({json.loads(o)["ips"][0]["address"] for o, _ in outs}) == 12
