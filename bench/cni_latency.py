@@ -83,8 +83,13 @@ def main() -> int:
                        "mode": "bridge", "ipam": ipam("go")},
         "moor": {"cniVersion": "1.0.0", "name": "bmoor", "type": "moor", "mode": "macvlan", "master": "up0",
                  "stateDir": str(tmp / "state"), "ipam": ipam("moor")},
+        "moor+moor-ipam": {"cniVersion": "1.0.0", "name": "bmi", "type": "moor", "mode": "macvlan",
+                           "master": "up0", "stateDir": str(tmp / "state"),
+                           "ipam": {"type": "moor-ipam", "dataDir": str(tmp / "mi"), "release": "immediate",
+                                    "cooldownSeconds": 0, "pools": [{"cidr": "192.0.2.0/24", "gateway": "192.0.2.1"}]}},
     }
-    exes = {"go-macvlan": f"{REF}/macvlan", "moor": launcher}
+    write_launcher(cni_bin, "moor-ipam")
+    exes = {"go-macvlan": f"{REF}/macvlan", "moor": launcher, "moor+moor-ipam": launcher}
     results: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in confs}
     internal: list[float] = []
     with Lab() as lab:
@@ -95,11 +100,12 @@ def main() -> int:
         for r in range(args.rounds):
             for name in confs:
                 pod = pods[r % len(pods)]
-                cid = f"{name}-{r}"
-                extra = {"MOOR_TIMING": "1"} if name == "moor" else None
+                cid = f"{name.replace('+', '-')}-{r}"
+                extra = {"MOOR_TIMING": "1", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=b;K8S_POD_NAME=p{r}"} \
+                    if name.startswith("moor") else None
                 dt, p = _call(exes[name], node, "ADD", confs[name], pod, cid, str(cni_bin), extra)
                 results[name]["ADD"].append(dt)
-                if name == "moor":
+                if name == "moor":  # host-local: the same IPAM as the reference
                     internal.append(float(p.stderr.split(b" took ")[1].split(b" ms")[0]))
                 dt, _ = _call(exes[name], node, "DEL", confs[name], pod, cid, str(cni_bin))
                 results[name]["DEL"].append(dt)
@@ -114,14 +120,16 @@ def main() -> int:
     sh("rm", "-rf", str(tmp))
 
     print(f"CNI ADD/DEL latency, macvlan + host-local, {args.rounds} rounds each (ms)")
-    print(f"{'plugin':<12} {'ADD med':>8} {'ADD p90':>8} {'DEL med':>8} {'DEL p90':>8}")
+    print(f"{'plugin':<16} {'ADD med':>8} {'ADD p90':>8} {'DEL med':>8} {'DEL p90':>8}")
     for name, r in results.items():
         am, a9 = _stats(r["ADD"])
         dm, d9 = _stats(r["DEL"])
-        print(f"{name:<12} {am:8.2f} {a9:8.2f} {dm:8.2f} {d9:8.2f}")
+        print(f"{name:<16} {am:8.2f} {a9:8.2f} {dm:8.2f} {d9:8.2f}")
     ra = _stats(results["moor"]["ADD"])[0] / _stats(results["go-macvlan"]["ADD"])[0]
     rd = _stats(results["moor"]["DEL"])[0] / _stats(results["go-macvlan"]["DEL"])[0]
-    print(f"ratio moor/reference: ADD {ra:.2f}x, DEL {rd:.2f}x (median)")
+    print(f"ratio moor/reference (both host-local): ADD {ra:.2f}x, DEL {rd:.2f}x (median)")
+    ri = _stats(results["moor+moor-ipam"]["ADD"])[0] / _stats(results["go-macvlan"]["ADD"])[0]
+    print(f"ratio moor+moor-ipam (in process) / reference: ADD {ri:.2f}x")
     py = str(Path(sys.executable))
     print("\nwhere moor's ADD time goes (medians, ms):")
     root = str(Path(__file__).resolve().parent.parent)

@@ -13,6 +13,7 @@ from .version import SUPPORTED, key
 from .result import Result
 
 TIMEOUT_S = 60.0
+IN_PROCESS = "moor-ipam"
 
 
 def find_plugin(name: str, path: list[str]) -> str:
@@ -50,11 +51,18 @@ def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[st
     exe = find_plugin(name, path)
     env = dict(environ)
     env["CNI_COMMAND"] = command
-    try:
-        proc = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, capture_output=True,
-                              timeout=TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CNIError(IPAM_FAILED, f"IPAM plugin {name} {command} could not run: {e}") from e
+    if name == IN_PROCESS:
+        # moor's own IPAM is called in process: the same call its executable makes, without a
+        # second interpreter start (~80 ms here)
+        from ipam.plugin import run as ipam_run
+        stdout, code = ipam_run(env, json.dumps(conf).encode())
+        proc = subprocess.CompletedProcess([exe], code, stdout, b"")
+    else:
+        try:
+            proc = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, capture_output=True,
+                                  timeout=TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CNIError(IPAM_FAILED, f"IPAM plugin {name} {command} could not run: {e}") from e
     out = proc.stdout.strip()
     doc = None
     if out:
@@ -67,7 +75,7 @@ def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[st
             # spec codes (<100) mean the same to the runtime and pass through; 100+ are that
             # plugin's private codes and would collide with moor's, so they become IPAM_FAILED
             # (moor-ipam's codes are moor's own and pass through)
-            code = doc["code"] if doc["code"] < 100 or name == "moor-ipam" else IPAM_FAILED
+            code = doc["code"] if doc["code"] < 100 or name == IN_PROCESS else IPAM_FAILED
             details = str(doc.get("details", "")) or (f"{name} error code {doc['code']}" if code != doc["code"] else "")
             raise CNIError(code, f"IPAM plugin {name}: {doc.get('msg', '')}", details)
         err = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-500:]

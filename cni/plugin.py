@@ -21,6 +21,15 @@ FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
 TIMING_ENV = "MOOR_TIMING"  # print per-step timings to stderr
 
 
+def _peek_version(stdin: bytes):
+    try:
+        doc = json.loads(stdin)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    v = doc.get("cniVersion") if isinstance(doc, dict) else None
+    return v if isinstance(v, str) else None
+
+
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
     t0 = time.perf_counter()
     cni_version = None
@@ -28,10 +37,9 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
             return version.reply(stdin), 0
+        cni_version = _peek_version(stdin)  # errors about the environment speak it too
         env = parse_env(environ)
         doc = config.decode(stdin)
-        if isinstance(doc.get("cniVersion"), str):
-            cni_version = doc["cniVersion"]
         conf = config.parse(doc)
         if env.command == "CHECK":
             version.require_at_least(conf.cni_version, "0.4.0", "CHECK")

@@ -33,6 +33,9 @@ class Lab:
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
+        # no IPv6 duplicate address detection: its completion a second later changes the
+        # routing tables under a test comparing them before and after
+        self.run(name, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return name
 
     @staticmethod
