@@ -1,7 +1,8 @@
 """Operator commands of moor-ipam (run with arguments; without, it is the CNI plugin):
 
     moor-ipam list CONFIG                 every reservation of the network, as a table or --json
-    moor-ipam release CONFIG IP [--free]  end a hold (e.g. release "never"); --free skips the hold
+    moor-ipam release CONFIG IP           end a hold (e.g. release "never"): the IP cools down, then
+                                          is free; an IP in use needs --force
     moor-ipam reconcile CONFIG            two-pass release of this node's attachments whose netns
                                           is gone (a crashed runtime never sent DEL)
 
@@ -10,6 +11,7 @@ CONFIG is the network config file (a .conf, or a .conflist whose first moor-ipam
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -49,7 +51,8 @@ def main(argv: list[str]) -> int:
     p_rel = sub.add_parser("release", help="release one IP")
     p_rel.add_argument("config")
     p_rel.add_argument("ip")
-    p_rel.add_argument("--free", action="store_true", help="free it now (after the cool-down), no hold")
+    p_rel.add_argument("--force", action="store_true", help="release it even while a container uses it")
+    p_rel.add_argument("--seq", type=int, help="only if its sequence number is still this (from list)")
     p_rec = sub.add_parser("reconcile", help="release attachments whose netns is gone (two passes)")
     p_rec.add_argument("config")
     a = ap.parse_args(argv)
@@ -67,13 +70,14 @@ def main(argv: list[str]) -> int:
                           f"{r.node:<12} {r.seq}")
             return 0
         if a.cmd == "release":
-            def rel(view: policy.View) -> str:
-                r = view.get(a.ip)
-                if r is None:
-                    return f"{a.ip} is not reserved"
-                policy.release_ip(view, conf, a.ip, r.seq, time.time(), force_free=a.free)
-                return f"{a.ip} released (was {r.holder()})"
-            print(store.transact(conf.network, rel))
+            try:
+                ip = str(ipaddress.ip_address(a.ip))
+            except ValueError:
+                raise SystemExit(f"moor-ipam: {a.ip!r} is not an IP address")
+            old = store.transact(conf.network, lambda v: v.get(ip))
+            store.transact(conf.network, lambda v: policy.release_ip(v, conf, ip, time.time(), a.force, a.seq))
+            print(f"{ip} released (was {old.holder() if old else 'free'}); free for anyone after "
+                  f"{conf.cooldown_s:g} s")
             return 0
         from .plugin import gc
         marked, released = gc(os.environ, netconf, conf, store, None)

@@ -15,6 +15,7 @@ RELEASE = ("hold", "never", "immediate")
 DEFAULT_HOLD_S = 300
 DEFAULT_COOLDOWN_S = 30
 DEFAULT_DATA_DIR = "/var/lib/moor/ipam"
+DEFAULT_GC_GRACE_S = 60
 
 
 def _err(msg: str) -> CNIError:
@@ -88,9 +89,18 @@ class IPAMConf:
     etcd_timeout_s: float = 5.0
     inventory_hook: list[str] = field(default_factory=list)
     dns: dict = field(default_factory=dict)
+    gc_grace_s: float = DEFAULT_GC_GRACE_S
+    node_name: str = ""
 
     def pool_of(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Optional[Pool]:
         return next((p for p in self.pools if ip in p.cidr), None)
+
+
+def _nonneg(doc: dict, key: str, default: float, where: str = "ipam") -> float:
+    val = float(_get(doc, key, (int, float), default, where))
+    if val < 0:
+        raise _err(f"'{where}.{key}' must not be negative")
+    return val
 
 
 def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
@@ -116,6 +126,8 @@ def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
     exclude = []
     for j, ex in enumerate(_get(doc, "exclude", list, [], where)):
         try:
+            if not isinstance(ex, str):
+                raise TypeError
             exclude.append(ipaddress.ip_network(ex, strict=False))
         except (ValueError, TypeError):
             raise _err(f"'{where}.exclude[{j}]' {ex!r} is not an IP or CIDR") from None
@@ -133,7 +145,7 @@ def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
     rel = _get(doc, "release", str, release, where)
     if rel not in RELEASE:
         raise _err(f"'{where}.release' {rel!r} is not one of {', '.join(RELEASE)}")
-    hold = _get(doc, "holdSeconds", (int, float), hold_s, where)
+    hold = _nonneg(doc, "holdSeconds", hold_s, where)
     return Pool(cidr=cidr, start=start, end=end, gateway=gw, exclude=exclude, routes=routes, release=rel,
                 hold_s=float(hold))
 
@@ -160,7 +172,9 @@ def parse(netconf: dict) -> IPAMConf:
     if sticky not in STICKY:
         raise _err(f"'ipam.sticky' {sticky!r} is not one of {', '.join(STICKY)}")
     conf = IPAMConf(network=str(netconf.get("name", "")), pools=pools, sticky=sticky,
-                    cooldown_s=float(_get(doc, "cooldownSeconds", (int, float), DEFAULT_COOLDOWN_S)),
+                    cooldown_s=_nonneg(doc, "cooldownSeconds", DEFAULT_COOLDOWN_S),
+                    gc_grace_s=_nonneg(doc, "gcGraceSeconds", DEFAULT_GC_GRACE_S),
+                    node_name=_get(doc, "nodeName", str, ""),
                     data_dir=_get(doc, "dataDir", str, DEFAULT_DATA_DIR),
                     dns=_get(doc, "dns", dict, {}))
     etcd = _get(doc, "etcd", dict, None)
@@ -171,6 +185,8 @@ def parse(netconf: dict) -> IPAMConf:
         conf.etcd_endpoints = eps
         conf.etcd_prefix = _get(etcd, "prefix", str, "/moor/ipam", "ipam.etcd").rstrip("/")
         conf.etcd_timeout_s = float(_get(etcd, "timeoutSeconds", (int, float), 5.0, "ipam.etcd"))
+        if conf.etcd_timeout_s <= 0:
+            raise _err("'ipam.etcd.timeoutSeconds' must be positive")
     hook = _get(doc, "inventoryHook", (list, str), [])
     conf.inventory_hook = [hook] if isinstance(hook, str) else [str(h) for h in hook]
     return conf

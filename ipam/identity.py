@@ -46,13 +46,14 @@ class Identity:
 
 def workload_of(name: str) -> str:
     """The owner's name from a generated pod name; the name itself when it is not generated."""
+    # generated names first: a random suffix may be all digits (web-7d4b9c8f6-24567)
+    m = _DEPLOYMENT.match(name)
+    if m:
+        return m.group("owner")
     if _ORDINAL.match(name):
         return ""  # StatefulSet pod: its own name is stable, use the pod identity
-    for pat in (_DEPLOYMENT, _GENERATED):
-        m = pat.match(name)
-        if m:
-            return m.group("owner")
-    return name
+    m = _GENERATED.match(name)
+    return m.group("owner") if m else name
 
 
 def _ips(value, what: str, code: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -80,7 +81,10 @@ def _ips(value, what: str, code: int) -> list[ipaddress.IPv4Address | ipaddress.
 def identify(args: Mapping[str, str], netconf: dict, sticky: str) -> Identity:
     ident = Identity(namespace=args.get("K8S_POD_NAMESPACE", ""), name=args.get("K8S_POD_NAME", ""),
                      uid=args.get("K8S_POD_UID", ""))
-    rc = {str(k).lower(): v for k, v in (netconf.get("runtimeConfig") or {}).items()}
+    rc_doc = netconf.get("runtimeConfig") or {}
+    if not isinstance(rc_doc, dict):
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'runtimeConfig' must be an object")
+    rc = {str(k).lower(): v for k, v in rc_doc.items()}
     annotations = rc.get(ANNOTATIONS_CAP) or {}
     if not isinstance(annotations, dict):
         annotations = {}

@@ -9,11 +9,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 from cni import config as netconfig
 from cni import version
 from cni.env import parse_env
-from cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CNIError
+from cni.errors import CHECK_FAILED, INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CNIError
 from cni.result import IPConfig, Result, RouteConfig
 
 from . import policy
@@ -30,8 +31,14 @@ HOOK_FAILED = 113  # the inventory hook refused or failed an allocation (it was 
 HOOK_TIMEOUT_S = 10.0
 
 
-def node_name(environ: Mapping[str, str]) -> str:
-    return environ.get("MOOR_NODE_NAME") or os.uname().nodename  # (socket costs ~4 ms to import)
+def node_name(environ: Mapping[str, str], conf: IPAMConf | None = None) -> str:
+    explicit = (conf.node_name if conf else "") or environ.get("MOOR_NODE_NAME", "")
+    return explicit or os.uname().nodename  # (socket costs ~4 ms to import)
+
+
+def _sandbox_gone(r: Reservation) -> bool:
+    """A reservation's netns path no longer exists: its container is gone."""
+    return bool(r.netns) and not os.path.exists(r.netns)
 
 
 def _result(conf: IPAMConf, taken: list[Reservation]) -> Result:
@@ -39,7 +46,9 @@ def _result(conf: IPAMConf, taken: list[Reservation]) -> Result:
     for r in taken:
         ip = ipaddress.ip_address(r.ip)
         pool = conf.pool_of(ip)
-        assert pool is not None
+        if pool is None:
+            raise CNIError(INVALID_CONFIG, f"this container holds {r.ip}, which is no longer in any pool of "
+                           f"network {conf.network}", "restore the pool, or DEL the container first")
         res.ips.append(IPConfig(address=ipaddress.ip_interface((ip, pool.cidr.prefixlen)), gateway=pool.gateway))
         for rt in pool.routes:
             res.routes.append(RouteConfig(dst=ipaddress.ip_network(rt.dst, strict=False),
@@ -66,7 +75,7 @@ def _hook(conf: IPAMConf, event: str, reservations: list[Reservation]) -> None:
 def _add(environ: Mapping[str, str], env, netconf: dict, conf: IPAMConf, store) -> Result:
     ident = identify(env.args, netconf, conf.sticky)
     req = policy.Request(container_id=env.container_id, ifname=env.ifname, ident=ident, netns=env.netns,
-                         node=node_name(environ), now=time.time())
+                         node=node_name(environ, conf), now=time.time(), sandbox_gone=_sandbox_gone)
     before: dict[str, Reservation | None] = {}
 
     def alloc(view: policy.View) -> list[Reservation]:
@@ -76,18 +85,36 @@ def _add(environ: Mapping[str, str], env, netconf: dict, conf: IPAMConf, store) 
         return taken
 
     taken = store.transact(conf.network, alloc)
-    try:
-        _hook(conf, "allocate", [r for r in taken if r.ip in before])
-    except CNIError:
-        def undo(view: policy.View) -> None:
-            for r in taken:
-                cur = view.get(r.ip)
-                if r.ip in before and cur is not None and cur.seq == r.seq:  # untouched since
-                    old = before[r.ip]
-                    view.put(old) if old is not None else view.delete(r.ip)
-        store.transact(conf.network, undo)
-        raise
+    # the inventory learns every binding it has not acknowledged, also after a crash between the
+    # commit and the hook (the runtime's retry of ADD then announces it)
+    unannounced = [r for r in taken if not r.announced]
+    if conf.inventory_hook and unannounced:
+        try:
+            _hook(conf, "allocate", unannounced)
+        except CNIError:
+            _undo_add(conf, store, taken, before)
+            raise
+        store.transact(conf.network, lambda v: [v.put(replace(r, announced=True)) for r in unannounced
+                                                if (cur := v.get(r.ip)) is not None and cur.seq == r.seq])
     return _result(conf, taken)
+
+
+def _undo_add(conf: IPAMConf, store, taken: list[Reservation], before: dict) -> None:
+    """Give back what this ADD took (the hook refused it), if nobody changed it since. The old
+    record comes back with a newer seq, so sequence numbers only ever grow."""
+    def undo(view: policy.View) -> None:
+        for r in taken:
+            cur = view.get(r.ip)
+            if r.ip in before and cur is not None and cur.seq == r.seq:
+                old = before[r.ip]
+                if old is None:
+                    view.delete(r.ip)
+                else:
+                    view.put(replace(old, seq=r.seq + 1))
+    try:
+        store.transact(conf.network, undo)
+    except CNIError as e:  # the hook's refusal is the error to report; GC reclaims the rest
+        print(f"moor-ipam: could not undo the refused allocation: {e.msg}", file=sys.stderr)
 
 
 def _del(env, conf: IPAMConf, store) -> None:
@@ -102,25 +129,39 @@ def _check(env, conf: IPAMConf, store) -> None:
     mine = store.transact(conf.network, lambda v: [r for r in v.values() if r.state == "active"
                                                   and r.container_id == env.container_id and r.ifname == env.ifname])
     if not mine:
-        raise CNIError(policy.HELD_BY_OTHER, f"no active reservation for container {env.container_id} {env.ifname}")
+        raise CNIError(CHECK_FAILED, f"no active reservation for container {env.container_id} {env.ifname}")
 
 
 def gc(environ: Mapping[str, str], netconf: dict, conf: IPAMConf, store, valid: set | None) -> tuple[list, list]:
     """Release this node's leaked reservations (two-pass). `valid` is the runtime's list of
     attachments (CNI GC); None means reconcile: an attachment whose netns is gone is a leak."""
-    node = node_name(environ)
+    if conf.etcd_endpoints and not (conf.node_name or environ.get("MOOR_NODE_NAME")):
+        # with a shared store, a guessed node name could collect another node's pods
+        raise CNIError(INVALID_CONFIG, "GC with an etcd store needs the node's name: set 'ipam.nodeName' "
+                       "or MOOR_NODE_NAME")
+    node = node_name(environ, conf)
+    limit = 60 if conf.etcd_endpoints else 10 ** 9  # etcd caps a transaction at 128 operations
 
     def live(r: Reservation) -> bool:
         if valid is not None:
             return (r.container_id, r.ifname) in valid
         return bool(r.netns) and os.path.exists(r.netns)
 
-    marked, released = store.transact(conf.network, lambda v: policy.collect(v, conf, node, live, time.time()))
+    marked, released = store.transact(conf.network, lambda v: policy.collect(v, conf, node, live, time.time(), limit))
     try:
         _hook(conf, "release", released)
     except CNIError as e:
         print(f"moor-ipam: {e.msg}", file=sys.stderr)
     return marked, released
+
+
+def valid_attachments(netconf: dict) -> set:
+    """The runtime's attachments for GC. libcni sends cni.dev/valid-attachments; SPEC 1.1.0 named
+    it cni.dev/attachments. Without a list GC refuses: an empty guess would free every pod's IP."""
+    lists = [netconf[k] for k in ("cni.dev/valid-attachments", "cni.dev/attachments") if k in netconf]
+    if not lists or not all(isinstance(lst, list) for lst in lists):
+        raise CNIError(INVALID_CONFIG, "invalid network config: GC needs the list 'cni.dev/valid-attachments'")
+    return {(a.get("containerID"), a.get("ifname")) for lst in lists for a in lst if isinstance(a, dict)}
 
 
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
@@ -142,7 +183,12 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
         if not isinstance(netconf.get("name"), str) or not netconf["name"] or "/" in netconf["name"]:
             raise CNIError(INVALID_CONFIG, "invalid network config: 'name' must be a non-empty string without '/'")
         conf = parse(netconf)
-        store = open_store(conf)
+        try:
+            store = open_store(conf)
+        except CNIError as e:
+            if env.command == "STATUS":
+                raise CNIError(NOT_AVAILABLE, f"IPAM store unavailable: {e.msg}", e.details) from e
+            raise
         try:
             if env.command == "ADD":
                 return json.dumps(_add(environ, env, netconf, conf, store).to_dict(cni_version)).encode() + b"\n", 0
@@ -151,9 +197,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
             elif env.command == "CHECK":
                 _check(env, conf, store)
             elif env.command == "GC":
-                valid = {(a.get("containerID"), a.get("ifname")) for a in netconf.get("cni.dev/valid-attachments") or []
-                         if isinstance(a, dict)}
-                gc(environ, netconf, conf, store, valid)
+                gc(environ, netconf, conf, store, valid_attachments(netconf))
             elif env.command == "STATUS":
                 try:
                     store.transact(conf.network, lambda v: None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 
-from cni.errors import CNIError
+from cni.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 
 from .config import IPAMConf, Pool
 from .identity import Identity
@@ -17,7 +17,7 @@ from .reservation import ACTIVE, COOLING, HELD, Reservation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, Optional
+    from typing import Callable, Iterable, Optional
 
 OUTSIDE_POOLS = 110
 HELD_BY_OTHER = 111
@@ -52,6 +52,10 @@ class View:
         return list(out.values())
 
 
+def _never_gone(_r: Reservation) -> bool:
+    return False
+
+
 @dataclass
 class Request:
     container_id: str
@@ -60,6 +64,8 @@ class Request:
     netns: str = ""
     node: str = ""
     now: float = 0.0
+    # whether an (active) reservation's sandbox is provably gone; the plugin checks its netns path
+    sandbox_gone: Callable[[Reservation], bool] = _never_gone
 
 
 @dataclass
@@ -91,11 +97,27 @@ def _take(view: View, conf: IPAMConf, pool: Pool, ip: str, req: Request,
     return res
 
 
-def _pod_takeover(old: Reservation, req: Request) -> bool:
-    """A pod identity (stable name) may take its own active reservation from a container that is
-    gone: k8s never runs two pods of one name; the old container's late DEL will not match."""
+def _same_pod_slot(old: Reservation, req: Request) -> bool:
     return bool(req.ident.key.startswith("pod:") and old.identity == req.ident.key
-                and old.container_id != req.container_id)
+                and old.ifname == req.ifname and old.container_id != req.container_id)
+
+
+def _pod_takeover(old: Reservation, req: Request) -> bool:
+    """May a pod (stable name) take its name's active reservation from another container? Only
+    with proof the old container is gone: a different pod UID (Kubernetes creates a pod of the
+    same name only once the old pod object is deleted), or, for the same pod, its old sandbox on
+    this node whose netns no longer exists. The old container's late DEL then matches nothing."""
+    if not _same_pod_slot(old, req):
+        return False
+    if old.pod_uid and req.ident.uid and old.pod_uid != req.ident.uid:
+        return True
+    return old.node == req.node and req.sandbox_gone(old)
+
+
+def _still_attached(old: Reservation) -> CNIError:
+    return CNIError(TRY_AGAIN_LATER, f"IP {old.ip} is still attached to this pod's previous container "
+                    f"{old.container_id[:12]} on {old.node or 'an unknown node'}",
+                    "retry after that container's DEL (it then keeps the IP for this pod)")
 
 
 def allocate(view: View, conf: IPAMConf, req: Request) -> list[Reservation]:
@@ -127,6 +149,8 @@ def _explicit(view: View, conf: IPAMConf, req: Request, ip) -> Reservation:
         raise CNIError(OUTSIDE_POOLS, f"requested IP {ip} is {why} of network {conf.network}")
     old = view.get(str(ip))
     if old is not None and old.state == ACTIVE and not _pod_takeover(old, req):
+        if _same_pod_slot(old, req):
+            raise _still_attached(old)
         raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
     if old is not None and old.state != ACTIVE and not _free_for(old, req.ident.key, req.now, conf.cooldown_s):
         raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
@@ -138,7 +162,11 @@ def _sticky(view: View, conf: IPAMConf, req: Request, fam: int) -> Optional[Rese
     if not key:
         return None
     cands = [r for r in view.values() if r.identity == key and ipaddress.ip_address(r.ip).version == fam]
-    active = [r for r in cands if r.state == ACTIVE and _pod_takeover(r, req)]
+    attached = [r for r in cands if r.state == ACTIVE and _same_pod_slot(r, req)]
+    active = [r for r in attached if _pod_takeover(r, req)]
+    if attached and not active:
+        # the pod's IP is still on its previous container: a fresh IP would break the promise
+        raise _still_attached(attached[0])
     held = sorted((r for r in cands if r.state in (HELD, COOLING)), key=lambda r: -r.updated)
     for old in active + held:
         pool = conf.pool_of(ipaddress.ip_address(old.ip))
@@ -161,6 +189,12 @@ def _fresh(view: View, conf: IPAMConf, req: Request, fam: int) -> Reservation:
 def _candidates(pool: Pool) -> Iterable:
     ip, end = pool.start, pool.end
     while ip <= end:
+        ex = next((n for n in pool.exclude if ip in n), None)
+        if ex is not None:  # jump over an excluded network instead of walking it
+            if ex.broadcast_address >= end:
+                return
+            ip = ex.broadcast_address + 1
+            continue
         yield ip
         ip += 1
 
@@ -180,44 +214,57 @@ def _release_one(view: View, conf: IPAMConf, r: Reservation, now: float) -> Rese
     policy = pool.release if pool else "immediate"
     if policy == "immediate" or not r.identity:
         new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
-                      hold_until=None, gc_mark=0)
+                      hold_until=None, gc_mark=0, gc_mark_at=0.0)
     else:
         hold_until = None if policy == "never" else now + (pool.hold_s if pool else 0)
-        new = replace(r, state=HELD, seq=r.seq + 1, updated=now, hold_until=hold_until, gc_mark=0)
+        new = replace(r, state=HELD, seq=r.seq + 1, updated=now, hold_until=hold_until, gc_mark=0, gc_mark_at=0.0)
     view.put(new)
     return new
 
 
-def release_ip(view: View, conf: IPAMConf, ip: str, seq: int, now: float, force_free: bool = False) -> bool:
-    """An operator's release of one IP (e.g. a `never` hold), only if it is still at `seq`."""
+def release_ip(view: View, conf: IPAMConf, ip: str, now: float, force: bool = False,
+               seq: Optional[int] = None) -> Reservation:
+    """An operator ends a hold (a `never` hold included): the IP cools down, then is free for
+    anyone. An active IP is refused unless forced (its container still uses it); `seq`, when
+    given, must match so the operator releases exactly what they looked at."""
     r = view.get(ip)
-    if r is None or r.seq != seq:
-        return False
-    if force_free:
-        view.put(replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
-                         hold_until=None, identity="", container_id="", gc_mark=0))
-    else:
-        _release_one(view, conf, r, now)
-    return True
+    if r is None:
+        raise CNIError(INVALID_CONFIG, f"{ip} is not reserved in network {conf.network}")
+    if seq is not None and r.seq != seq:
+        raise CNIError(TRY_AGAIN_LATER, f"{ip} changed since (seq {r.seq}, not {seq}): look again")
+    if r.state == ACTIVE and not force:
+        raise CNIError(HELD_BY_OTHER, f"{ip} is in use by {r.holder()}; --force releases it anyway")
+    new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
+                  hold_until=None, identity="", container_id="", gc_mark=0, gc_mark_at=0.0)
+    view.put(new)
+    return new
 
 
-def collect(view: View, conf: IPAMConf, node: str, is_live, now: float) -> tuple[list[Reservation], list[Reservation]]:
-    """GC on one node: an active reservation of this node that `is_live(r)` denies is marked on
-    the first pass and released on a later pass only if nothing changed it since (same seq) and
-    it is still not live — a leak is released after it is seen twice and re-validated. Expired
-    holds and cool-downs are dropped. Returns (marked, released)."""
+def collect(view: View, conf: IPAMConf, node: str, is_live, now: float,
+            limit: int = 10 ** 9) -> tuple[list[Reservation], list[Reservation]]:
+    """GC on one node: an active reservation of this node that `is_live(r)` denies, and that is
+    older than the grace period (an ADD may be in flight while the runtime lists attachments), is
+    marked on a first pass and released on a pass at least the grace period later, only if
+    nothing changed it since (same seq) and it is still not live: a leak is released after it is
+    seen twice and re-validated. Expired holds and cool-downs are dropped. At most `limit`
+    reservations are changed (a store may cap a transaction). Returns (marked, released)."""
     marked, released = [], []
     for r in view.values():
+        if len(view.changes) >= limit:
+            break
         if r.state == ACTIVE and r.node == node:
             if is_live(r):
                 if r.gc_mark:
-                    view.put(replace(r, gc_mark=0))
+                    view.put(replace(r, gc_mark=0, gc_mark_at=0.0))
+                continue
+            if now - r.updated < conf.gc_grace_s:
                 continue
             if r.gc_mark and r.gc_mark == r.seq:
-                released.append(_release_one(view, conf, r, now))
+                if now - r.gc_mark_at >= conf.gc_grace_s:
+                    released.append(_release_one(view, conf, r, now))
             else:
                 marked.append(r)
-                view.put(replace(r, gc_mark=r.seq))
+                view.put(replace(r, gc_mark=r.seq, gc_mark_at=now))
         elif r.state == HELD and r.hold_until is not None and now >= r.hold_until + conf.cooldown_s:
             view.delete(r.ip)
         elif r.state == COOLING and now >= r.cool_until:

@@ -31,6 +31,8 @@ class Reservation:
     hold_until: Optional[float] = None
     cool_until: float = 0.0
     gc_mark: int = 0  # seq at which a GC pass first saw this reservation leaked (two-pass release)
+    gc_mark_at: float = 0.0  # when; the release waits at least the grace period after it
+    announced: bool = False  # the inventory hook has acknowledged this binding
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,13 +7,14 @@ unreachable etcd is CNI error 11 (try again later), never a guess."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import random
 import time
 import urllib.error
 import urllib.request
 
-from cni.errors import TRY_AGAIN_LATER, CNIError
+from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
 from ..policy import View
 from ..reservation import Reservation
@@ -46,6 +47,8 @@ class EtcdStore:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = prefix
         self.timeout = timeout_s
+        # the runtime's HTTP(S)_PROXY must not route the node's store traffic
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def close(self) -> None:
         pass
@@ -56,10 +59,15 @@ class EtcdStore:
             req = urllib.request.Request(ep + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with self._opener.open(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read())
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                errors.append(f"{ep}: {e}")
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:500]
+                if 400 <= e.code < 500:  # etcd refused the request itself: no other member will take it
+                    raise CNIError(IO_FAILURE, f"etcd refused {path} (HTTP {e.code})", detail) from e
+                errors.append(f"{ep}: HTTP {e.code} {detail}")
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+                errors.append(f"{ep}: {e.__class__.__name__}: {e}")
         raise CNIError(TRY_AGAIN_LATER, "etcd is unreachable", "; ".join(errors))
 
     def transact(self, network: str, fn: Callable[[View], T]) -> T:

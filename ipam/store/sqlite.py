@@ -35,6 +35,7 @@ class SQLiteStore:
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         self.path = os.path.join(data_dir, "ipam.sqlite3")
         deadline = time.monotonic() + BUSY_TIMEOUT_S
+        self.db = None
         while True:
             try:
                 self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -46,7 +47,8 @@ class SQLiteStore:
                 self.db.execute(SCHEMA)
                 return
             except sqlite3.OperationalError as e:
-                self.db.close()
+                if self.db is not None:
+                    self.db.close()
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise CNIError(TRY_AGAIN_LATER if "locked" in str(e) else IO_FAILURE,
                                    f"cannot open IPAM database {self.path}: {e}") from e
@@ -55,7 +57,8 @@ class SQLiteStore:
                 raise CNIError(IO_FAILURE, f"cannot open IPAM database {self.path}: {e}") from e
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
         try:
@@ -74,6 +77,11 @@ class SQLiteStore:
                                     (network, ip, json.dumps(res.to_dict())))
             self.db.execute("COMMIT")
             return result
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException as e:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one to report
+            if isinstance(e, sqlite3.Error):
+                raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
             raise

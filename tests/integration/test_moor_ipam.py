@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -21,6 +23,14 @@ def _ipam(net: MacvlanNet, **over) -> dict:
                        "gateway": "2001:db8:1::1"}]}
     ipam.update(over)
     return ipam
+
+
+def _moor_ipam_list(net: MacvlanNet, conf: dict) -> str:
+    path = net.tmp / "net.conf"
+    path.write_text(json.dumps(conf))
+    p = subprocess.run([os.path.join(net.path, "moor-ipam"), "list", str(path), "--json"], capture_output=True,
+                       text=True, check=True)
+    return json.dumps({r["ip"]: r for r in json.loads(p.stdout)})
 
 
 def _args(name: str, ns: str = "prod") -> str:
@@ -116,14 +126,17 @@ def test_etcd_store_and_unreachable_etcd(net: MacvlanNet):
 
 
 def test_gc_with_moor_ipam_needs_two_passes(net: MacvlanNet):
-    conf = net.conf("1.1.0", ipam=_ipam(net))
+    conf = net.conf("1.1.0", ipam=_ipam(net, gcGraceSeconds=0))
     net.add("pod1", conf, args=_args("a-0"), container_id="keep")
     leak = net.add("pod2", conf, args=_args("b-0"), container_id="leak")
     sh("ip", "netns", "del", net.pods.pop("pod2"))  # the runtime lost this sandbox
     net.lab.namespaces.remove(f"{net.lab.prefix}-pod2")
     gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    states = []
     for _ in range(2):
         assert run_cni(net.node, "GC", gc, path=net.path, container_id="", netns="", ifname="").code == 0
+        states.append(json.loads(_moor_ipam_list(net, conf))[leak["ips"][0]["address"].split("/")[0]]["state"])
+    assert states == ["active", "held"]  # marked on the first pass, released to its hold on the second
     r = net.cni("ADD", conf, "pod3", container_id="new", args=_args("c-0") + ";IP=" +
                 leak["ips"][0]["address"].split("/")[0])
     assert r.error_code == 111  # released to b-0's hold, not to anyone else

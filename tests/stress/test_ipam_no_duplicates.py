@@ -31,7 +31,7 @@ KILLS = 6
 
 def _netconf(tmp: Path, etcd: str | None) -> dict:
     ipam = {"type": "moor-ipam", "dataDir": str(tmp / "data"), "sticky": "pod", "holdSeconds": 2,
-            "cooldownSeconds": 0,
+            "cooldownSeconds": 0, "gcGraceSeconds": 0,
             "pools": [{"cidr": "192.0.2.0/24", "rangeStart": "192.0.2.10", "rangeEnd": "192.0.2.99",
                        "gateway": "192.0.2.1"}]}
     if etcd:
@@ -95,10 +95,12 @@ def _stress(tmp: Path, netconf: dict, nodes: int) -> None:
     finally:
         store.close()
     active = {r.ip: r for r in records if r.state == ACTIVE}
-    # no IP told to two live containers, and each live container owns its IP in the store
-    dupes = [ip for ip, n in Counter(live.values()).items() if n > 1]
+    # no IP told to two live containers, and each live container owns its IP in the store (a
+    # container whose DEL a kill interrupted may or may not have released it: it is in doubt)
+    sure = {cid: ip for cid, ip in live.items() if cid not in doubt}
+    dupes = [ip for ip, n in Counter(sure.values()).items() if n > 1]
     assert not dupes, f"duplicate IPs handed out: {dupes}"
-    for cid, ip in live.items():
+    for cid, ip in sure.items():
         assert ip in active and active[ip].container_id == cid, (cid, ip, active.get(ip))
     # every active reservation is a live container's or one a killed worker was adding
     strays = {r.container_id for r in active.values()} - set(live) - doubt
@@ -117,7 +119,8 @@ def _stress(tmp: Path, netconf: dict, nodes: int) -> None:
         after = store.transact(conf.network, lambda v: v.values())
     finally:
         store.close()
-    assert {r.container_id for r in after if r.state == ACTIVE} == set(live)
+    owners = {r.container_id for r in after if r.state == ACTIVE}
+    assert set(sure) <= owners <= set(live)
 
 
 def test_no_duplicates_embedded_store(tmp_path: Path):

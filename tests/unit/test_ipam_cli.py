@@ -17,7 +17,7 @@ def _moor_ipam(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 def test_list_release_and_reconcile(tmp_path: Path):
     conf = {"cniVersion": "1.1.0", "name": "ops", "type": "macvlan",
-            "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path), "release": "never",
+            "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path), "release": "never", "gcGraceSeconds": 0,
                      "pools": [{"cidr": "192.0.2.0/28"}]}}
     path = tmp_path / "net.conflist"
     path.write_text(json.dumps({"cniVersion": "1.1.0", "name": "ops", "plugins": [conf]}))
@@ -33,7 +33,9 @@ def test_list_release_and_reconcile(tmp_path: Path):
     assert listing.returncode == 0 and "192.0.2.1 " in listing.stdout and "a/db-0" in listing.stdout
     rows = {r["ip"]: r for r in json.loads(_moor_ipam("list", str(path), "--json").stdout)}
     assert rows["192.0.2.2"]["state"] == "held" and rows["192.0.2.2"]["hold_until"] is None  # never
-    rel = _moor_ipam("release", str(path), "192.0.2.2", "--free")
+    busy = _moor_ipam("release", str(path), "192.0.2.1")
+    assert busy.returncode != 0 and "in use by a/db-0" in busy.stderr  # c1 still runs
+    rel = _moor_ipam("release", str(path), "192.0.2.2")
     assert rel.returncode == 0 and "released" in rel.stdout
     assert json.loads(_moor_ipam("list", str(path), "--json").stdout)[1]["state"] == "cooling"
     # c1's netns does not exist: a crashed runtime; two reconcile runs release it

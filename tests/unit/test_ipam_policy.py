@@ -16,7 +16,7 @@ def _conf(**over) -> config.IPAMConf:
     ipam = {"type": "moor-ipam", "pools": [{"cidr": "192.0.2.0/24", "rangeStart": "192.0.2.10",
                                            "rangeEnd": "192.0.2.14", "gateway": "192.0.2.1",
                                            "exclude": ["192.0.2.12/32"]}],
-            "holdSeconds": 300, "cooldownSeconds": 30}
+            "holdSeconds": 300, "cooldownSeconds": 30, "gcGraceSeconds": 0}
     ipam.update(over)
     return config.parse({"name": "net", "ipam": ipam})
 
@@ -39,13 +39,15 @@ class Net:
                 self.records[ip] = r
         return out
 
-    def add(self, cid: str, name: str = "", ns: str = "ns", ips=(), key: str | None = None, sticky: str = "pod"):
-        args = {"K8S_POD_NAMESPACE": ns, "K8S_POD_NAME": name} if name else {}
+    def add(self, cid: str, name: str = "", ns: str = "ns", ips=(), key: str | None = None, sticky: str = "pod",
+            uid: str = "", node: str = "n1", gone: bool = False):
+        args = {"K8S_POD_NAMESPACE": ns, "K8S_POD_NAME": name, "K8S_POD_UID": uid} if name else {}
         ident = identify(args, {}, sticky)
         if key is not None:
             ident.key = key
         ident.explicit = [ipaddress.ip_address(i) for i in ips]
-        req = policy.Request(container_id=cid, ifname="eth0", ident=ident, node="n1", now=self.now)
+        req = policy.Request(container_id=cid, ifname="eth0", ident=ident, node=node, now=self.now,
+                             sandbox_gone=lambda r: gone)
         return [r.ip for r in self._tx(lambda v: policy.allocate(v, self.conf, req))]
 
     def delete(self, cid: str):
@@ -68,8 +70,8 @@ def test_statefulset_pod_keeps_its_ip_through_delete_and_recreate():
 def test_recreated_pod_takes_its_ip_and_the_old_containers_late_del_frees_nothing():
     """The garbage-collection bug Spiderpool/Whereabouts/Calico shipped: same name, new UID."""
     n = Net(_conf())
-    ip = n.add("old", "db-0")
-    assert n.add("new", "db-0") == ip  # kubelet re-created the pod before the old DEL arrived
+    ip = n.add("old", "db-0", uid="u1")
+    assert n.add("new", "db-0", uid="u2") == ip  # a new pod object (new UID) before the old DEL arrived
     seq = n.records[ip[0]].seq
     assert n.delete("old") == []  # the late DEL of the old container
     r = n.records[ip[0]]
@@ -77,6 +79,29 @@ def test_recreated_pod_takes_its_ip_and_the_old_containers_late_del_frees_nothin
     n.gc({"new"})
     n.gc({"new"})
     assert n.records[ip[0]].state == ACTIVE
+
+
+def test_no_takeover_without_proof_the_old_container_is_gone():
+    n = Net(_conf())
+    ip = n.add("c1", "web-0", uid="u1")
+    for kw in ({"uid": "u1"}, {"uid": "", "node": "n2", "gone": True}, {"uid": "u1", "gone": False}):
+        with pytest.raises(CNIError) as e:  # same pod, or no UID and another node: wait for the DEL
+            n.add("c2", "web-0", **kw)
+        assert e.value.code == 11 and "still attached" in e.value.msg
+    assert n.add("c2", "web-0", uid="u1", gone=True) == ip  # its old sandbox on this node is gone
+    assert n.records[ip[0]].container_id == "c2"
+
+
+def test_gc_waits_the_grace_period():
+    n = Net(_conf(gcGraceSeconds=60))
+    n.add("leak", "l-0")
+    assert n.gc(set()) == ([], [])  # too young: an ADD may be in flight
+    n.now += 61
+    marked, released = n.gc(set())
+    assert marked and not released
+    assert n.gc(set())[1] == []  # the second pass comes too soon
+    n.now += 61
+    assert n.gc(set())[1]
 
 
 def test_deployment_replacement_gets_an_ip_of_its_workload_back():
@@ -156,9 +181,9 @@ def test_gc_releases_a_leak_only_on_the_second_pass():
 
 def test_gc_mark_is_void_if_the_reservation_changed_in_between():
     n = Net(_conf())
-    ip = n.add("c1", "w-0")
+    ip = n.add("c1", "w-0", uid="u1")
     n.gc(set())  # marked
-    n.add("c2", "w-0")  # pod re-created: takeover bumps seq
+    n.add("c2", "w-0", uid="u2")  # pod re-created: takeover bumps seq
     _, released = n.gc(set())
     assert released == []  # re-validated: the mark was for the old owner
 
@@ -172,6 +197,7 @@ def test_dual_stack_gives_one_address_per_family():
 
 
 @pytest.mark.parametrize("name,owner", [("api-7d9f8b6c5d-x2x4z", "api"), ("agent-x2x4z", "agent"),
+                                        ("web-7d4b9c8f6-24567", "web"),
                                         ("web-0", ""), ("standalone", "standalone")])
 def test_workload_from_pod_name(name, owner):
     assert workload_of(name) == owner
