@@ -103,6 +103,13 @@ class RTNL:
                         raise NetlinkError(code, what)
                     return out
                 if msg.type == w.NLMSG_DONE:
+                    # a dump can end with an error code, or be marked inconsistent (the table
+                    # changed while it was read): partial data must not pass for the whole
+                    code = -struct.unpack_from("=i", msg.body)[0] if len(msg.body) >= 4 else 0
+                    if code:
+                        raise NetlinkError(code, what)
+                    if msg.flags & w.NLM_F_DUMP_INTR:
+                        raise NetlinkError(errno.EAGAIN, f"{what} (interrupted by a change; retry)")
                     return out
                 out.append(msg)
 
