@@ -176,7 +176,7 @@ class MacvlanPlugin:
 
     # -- ADD ---------------------------------------------------------------------------------
     def add(self, steps: Steps) -> Result:
-        c, env = self.conf, self.env
+        env = self.env
         master = self._master()  # validate before changing anything
         nsfd = open_pod_netns(env)
         pod = None

@@ -5,7 +5,6 @@ The executable (`moor`) is a thin wrapper; the agent can serve the same call war
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 TYPE_CHECKING = False
@@ -14,6 +13,7 @@ if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotation
 
 from . import config, version
 from .env import parse_env
+from .executable import serve
 from .errors import INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
 from .steps import InjectedFailure, Steps
 
@@ -79,12 +79,4 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
 
 
 def main() -> int:
-    try:
-        stdin = sys.stdin.buffer.read()
-    except OSError as e:
-        out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
-    else:
-        out, code = run(os.environ, stdin)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    return code
+    return serve(run)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from cni import config as netconfig
 from cni import version
 from cni.env import parse_env
+from cni.executable import serve
 from cni.errors import CHECK_FAILED, INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CNIError
 from cni.result import IPConfig, Result, RouteConfig
 
@@ -218,12 +219,4 @@ def main() -> int:
     if len(sys.argv) > 1:  # an operator, not a runtime (runtimes pass no arguments)
         from .cli import main as cli_main
         return cli_main(sys.argv[1:])
-    try:
-        stdin = sys.stdin.buffer.read()
-    except OSError as e:
-        out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
-    else:
-        out, code = run(os.environ, stdin)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    return code
+    return serve(run)

@@ -9,7 +9,7 @@ import pytest
 
 from dataplane.nslab import sh
 from tests import etcd_server
-from tests.helpers import ipj, run_cni
+from tests.helpers import run_cni
 from tests.integration.conftest import GATEWAY, MacvlanNet
 
 pytestmark = pytest.mark.integration

@@ -186,6 +186,7 @@ def test_gc_mark_is_void_if_the_reservation_changed_in_between():
     n.add("c2", "w-0", uid="u2")  # pod re-created: takeover bumps seq
     _, released = n.gc(set())
     assert released == []  # re-validated: the mark was for the old owner
+    assert n.records[ip[0]].container_id == "c2" and n.records[ip[0]].state == ACTIVE
 
 
 def test_dual_stack_gives_one_address_per_family():
