@@ -7,22 +7,21 @@ import ipaddress
 import os
 import sys
 import zlib
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
-    from typing import Mapping, Optional
 
 from . import announce, delegate
-from . import mac as macs
-from .config import NetConf
-from .env import Env
-from .errors import (INTERFACE_EXISTS, KERNEL_REFUSED, TRY_AGAIN_LATER, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER,
-                     VLAN_UNSUPPORTED, CHECK_FAILED, CNIError)
+from .errors import (CHECK_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
+                     TRY_AGAIN_LATER, VLAN_UNSUPPORTED, CNIError)
+from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
 from .netlink.wire import MACVLAN_MODES, RTPROT_MOOR_SHIM
 from .result import Interface, IPConfig, Result, RouteConfig
-from .state import Attachment, Store
+from .state import Attachment
 from .steps import Steps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
+    from typing import Optional
 
 _DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
@@ -32,57 +31,12 @@ def shim_name(parent: str) -> str:
     return f"mshim{zlib.crc32(parent.encode()):08x}"
 
 
-def open_pod_netns(env: Env) -> int:
-    try:
-        return netns.open_netns(env.netns)
-    except FileNotFoundError:
-        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {env.netns} does not exist") from None
-    except (ValueError, IsADirectoryError, PermissionError) as e:
-        raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {env.netns!r}: {e}") from None
-
-
-def pod_socket(nsfd: int, path: str = "") -> RTNL:
-    try:
-        with netns.entered(nsfd):
-            return RTNL()
-    except ValueError:
-        raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {path!r}: not a network namespace") from None
-
-
-class MacvlanPlugin:
-    def __init__(self, env: Env, conf: NetConf, environ: Mapping[str, str]):
-        self.env = env
-        self.conf = conf
-        self.environ = environ
-        self.store = Store(conf.state_dir)
-        self.host = RTNL()
-
-    def close(self) -> None:
-        self.host.close()
-
-    # -- helpers -----------------------------------------------------------------------------
+class MacvlanPlugin(Mode):
     def _master(self, code: int = INVALID_CONFIG) -> Link:
         link = self.host.link_get(self.conf.master)
         if link is None:
             raise CNIError(code, f"invalid network config: 'master' {self.conf.master!r} does not exist on this node")
         return link
-
-    def _ipam(self, command: str) -> Optional[dict]:
-        return delegate.run(self.conf.ipam["type"], command, self.environ, self.env.path, self.conf.raw)
-
-    def _choose_mac(self, ips: list[IPConfig]) -> str:
-        c = self.conf
-        if c.runtime("mac"):
-            return macs.parse(c.runtime("mac"), "runtimeConfig.mac", INVALID_CONFIG)
-        cni_args = c.args.get("cni") if isinstance(c.args.get("cni"), dict) else {}
-        if cni_args.get("mac"):
-            return macs.parse(cni_args["mac"], "args.cni.mac", INVALID_CONFIG)
-        if self.env.args.get("MAC"):
-            return macs.parse(self.env.args["MAC"], "CNI_ARGS MAC", INVALID_ENV)
-        if c.mac_from_ip and ips and c.macvlan_mode != "passthru":
-            v4 = [i for i in ips if i.version == 4]
-            return macs.from_ip((v4 or ips)[0].address.ip)
-        return ""
 
     def _parent_name(self, master: Link) -> str:
         """The parent's real name: an altname in `master` resolves to the kernel's name, so every
@@ -297,31 +251,11 @@ class MacvlanPlugin:
         c, env = self.conf, self.env
         att = self.store.get(c.name, env.container_id, env.ifname)
         if env.netns:
-            self._delete_link_in(env.netns, env.ifname)
+            self._delete_link_in(env.netns, env.ifname, "macvlan")
         if att is not None:
             self._detach(att)
         if c.ipam:  # last: the IP is free only once nothing on the node points at it
             self._ipam("DEL")
-
-    def _delete_link_in(self, path: str, ifname: str) -> None:
-        """Delete the pod's macvlan if its netns still exists; a missing netns or link is fine."""
-        try:
-            nsfd = netns.open_netns(path)
-        except (FileNotFoundError, ValueError, NotADirectoryError, IsADirectoryError):
-            return  # the netns is gone, and the macvlan with it
-        try:
-            try:
-                pod = pod_socket(nsfd, path)
-            except CNIError:
-                return  # not a network namespace: nothing of ours can be in it
-            try:
-                link = pod.link_get(ifname)
-                if link is not None and link.kind == "macvlan":
-                    pod.link_del(link.index)
-            finally:
-                pod.close()
-        finally:
-            os.close(nsfd)
 
     # -- CHECK -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -385,40 +319,11 @@ class MacvlanPlugin:
         return diffs
 
     # -- GC and STATUS -------------------------------------------------------------------------
-    def gc(self) -> None:
-        """Release attachments the runtime no longer lists. Like a leak in IPAM, a record is
-        released only when a second GC still finds it missing (an ADD may be in flight while the
-        runtime builds its list). Without a list, nothing is collected."""
-        raw = self.conf.raw
-        # SPEC 1.1.0 named the key cni.dev/attachments; libcni sends cni.dev/valid-attachments
-        lists = [raw[k] for k in ("cni.dev/valid-attachments", "cni.dev/attachments") if isinstance(raw.get(k), list)]
-        if not lists:
-            return
-        valid = {(a.get("containerID"), a.get("ifname")) for lst in lists for a in lst if isinstance(a, dict)}
-        ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
-        for att in self.store.all(self.conf.name):
-            if (att.container_id, att.ifname) in valid:
-                continue
-            if not att.gc_seen:
-                att.gc_seen = 1
-                self.store.put(att)
-                continue
-            if att.netns:
-                self._delete_link_in(att.netns, att.ifname)
-            self._detach(att)
-            if self.conf.ipam and not ipam_gc:
-                env = dict(self.environ, CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname,
-                           CNI_NETNS=att.netns)
-                delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
-        if ipam_gc:
-            self._ipam("GC")
+    def _release(self, att: Attachment) -> None:
+        if att.netns:
+            self._delete_link_in(att.netns, att.ifname, "macvlan")
+        self._detach(att)
 
     def status(self) -> None:
         self._master(code=NOT_AVAILABLE)
-        if self.conf.ipam:
-            try:
-                delegate.find_plugin(self.conf.ipam["type"], self.env.path)
-            except CNIError as e:
-                raise CNIError(NOT_AVAILABLE, e.msg, e.details) from e
-            if delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
-                self._ipam("STATUS")
+        super().status()

@@ -168,6 +168,29 @@ class RTNL:
         body = w.IFINFOMSG.pack(0, 0, 0, flags, w.IFF_UP if up else 0) + b"".join(attrs)
         self._request(w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"create {kind} link {name}")
 
+    def veth_add(self, name: str, peer: str, peer_netns_fd: int, mtu: int = 0, peer_mac: str = "") -> None:
+        """A veth pair: `name` here, `peer` created directly inside the netns of peer_netns_fd."""
+        peer_attrs = [w.attr_str(w.IFLA_IFNAME, peer), w.attr_u32(w.IFLA_NET_NS_FD, peer_netns_fd)]
+        if mtu:
+            peer_attrs.append(w.attr_u32(w.IFLA_MTU, mtu))
+        if peer_mac:
+            peer_attrs.append(w.attr(w.IFLA_ADDRESS, _mac_bytes(peer_mac)))
+        peer_msg = w.IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(peer_attrs)
+        attrs = [w.attr_str(w.IFLA_IFNAME, name),
+                 w.attr_nested(w.IFLA_LINKINFO, w.attr_str(w.IFLA_INFO_KIND, "veth"),
+                               w.attr_nested(w.IFLA_INFO_DATA, w.attr(w.VETH_INFO_PEER, peer_msg)))]
+        if mtu:
+            attrs.append(w.attr_u32(w.IFLA_MTU, mtu))
+        body = w.IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(attrs)
+        self._request(w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"create veth {name}/{peer}")
+
+    def neigh_replace(self, index: int, ip: IPAddr, mac: str) -> None:
+        """A permanent neighbour entry (the pod's link-local gateway never needs ARP/NDP)."""
+        fam = _family(ip.version)
+        body = w.NDMSG.pack(fam, index, w.NUD_PERMANENT, 0, 0) + w.attr(w.NDA_DST, ip.packed) + \
+            w.attr(w.NDA_LLADDR, _mac_bytes(mac))
+        self._request(w.RTM_NEWNEIGH, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"add neighbour {ip}")
+
     def macvlan_add(self, name: str, parent: int, mode: str, **kw) -> None:
         data = w.attr_u32(w.IFLA_MACVLAN_MODE, w.MACVLAN_MODES[mode])
         self.link_add(name, "macvlan", parent, data, **kw)
