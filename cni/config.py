@@ -14,7 +14,7 @@ from .errors import DECODE, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
 from .netlink.wire import MACVLAN_MODES
 from .result import Result
 
-MODES = ("macvlan",)
+MODES = ("macvlan", "bgp")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")  # as libcni validates network names
 DEFAULT_STATE_DIR = "/var/lib/moor"
 
@@ -83,8 +83,8 @@ def parse(doc: dict) -> NetConf:
     if conf.mode not in MODES:
         raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'mode': {conf.mode!r}",
                        f"modes: {', '.join(MODES)}")
-    conf.master = _get(doc, "master", str, required=True)
-    if not 0 < len(conf.master) <= 15:
+    conf.master = _get(doc, "master", str, "", required=conf.mode == "macvlan")
+    if conf.mode == "macvlan" and not 0 < len(conf.master) <= 15:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'master' {conf.master!r} is not an interface name")
     conf.vlan = _get(doc, "vlan", int, 0)
     if conf.vlan and not 1 <= conf.vlan <= 4094:

@@ -46,8 +46,12 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
         if env.command in ("GC", "STATUS"):
             version.require_at_least(conf.cni_version, "1.1.0", env.command)
 
-        from .macvlan import MacvlanPlugin  # the only mode so far; imported late to keep VERSION fast
-        plugin = MacvlanPlugin(env, conf, environ)
+        # modes are imported late: VERSION and bad input answer without loading them
+        if conf.mode == "bgp":
+            from .routed import RoutedPlugin as Plugin
+        else:
+            from .macvlan import MacvlanPlugin as Plugin
+        plugin = Plugin(env, conf, environ)
         try:
             if env.command == "ADD":
                 result = plugin.add(steps)

@@ -22,6 +22,7 @@ class Attachment:
     netns: str = ""
     ips: list[str] = field(default_factory=list)  # CIDR strings
     shim: str = ""  # host shim link holding /32 routes to this pod, if any
+    host_link: str = ""  # routed mode: the host end of the pod's veth
     gc_seen: int = 0  # a GC found it missing from the runtime's list once; the next GC releases it
 
 

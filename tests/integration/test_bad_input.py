@@ -44,6 +44,7 @@ CASES = [
     ("unknown-mode", _with(mode="ipvlan"), {}, "ADD", 2, "'mode': 'ipvlan'"),
     ("unknown-macvlan-mode", _with(macvlanMode="bridged"), {}, "ADD", 2, "'macvlanMode': 'bridged'"),
     ("missing-master", _without("master"), {}, "ADD", 7, "missing 'master'"),
+    ("bgp-mode-without-ipam", _with(mode="bgp", ipam=None), {}, "ADD", 7, "mode 'bgp' needs 'ipam'"),
     ("missing-name", _without("name"), {}, "ADD", 7, "missing 'name'"),
     ("master-not-on-node", _with(master="eth99"), {}, "ADD", 7, "'master' 'eth99' does not exist"),
     ("vlan-out-of-range", _with(vlan=5000), {}, "ADD", 7, "'vlan' 5000"),

@@ -17,7 +17,7 @@ def test_errors_are_json_on_stdout_with_the_config_version():
                     b'{"cniVersion":"0.4.0","name":"n","type":"moor","mode":"ipvlan","master":"e"}')
     doc = json.loads(out)
     assert code == 1 and doc == {"cniVersion": "0.4.0", "code": 2, "msg": "unsupported field 'mode': 'ipvlan'",
-                                 "details": "modes: macvlan"}
+                                 "details": "modes: macvlan, bgp"}
 
 
 def test_no_command():

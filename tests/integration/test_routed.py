@@ -1,0 +1,150 @@
+"""Routed ("bgp") mode in namespaces: veth /32 pods, link-local gateway, host routes with moor's
+protocol number, reachability without a bridge, rollback, and not one packet-filter rule."""
+from __future__ import annotations
+
+import pytest
+
+from dataplane.nslab import Lab, sh
+from tests.helpers import ipj, run_cni
+from tests.integration.conftest import MacvlanNet
+
+pytestmark = pytest.mark.integration
+
+ROUTED_STEPS = ["open-netns", "ipam", "record", "veth", "host-side", "addresses", "up", "pod-routes", "host-routes"]
+
+
+def _conf(net: MacvlanNet, version: str = "1.0.0", **over) -> dict:
+    conf = {"cniVersion": version, "name": "rnet", "type": "moor", "mode": "bgp", "stateDir": str(net.tmp / "state"),
+            "ipam": {"type": "moor-ipam", "dataDir": str(net.tmp / "ipam"), "gcGraceSeconds": 0,
+                     "pools": [{"cidr": "203.0.113.0/24"}, {"cidr": "2001:db8:9::/64"}]}}
+    conf.update(over)
+    return conf
+
+
+def _args(name: str) -> str:
+    return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME={name};K8S_POD_UID=u-{name}"
+
+
+def _ip(res: dict, v: int = 4) -> str:
+    return next(i["address"].split("/")[0] for i in res["ips"] if (":" in i["address"]) == (v == 6))
+
+
+def _ruleset(ns: str) -> tuple[str, str]:
+    nft = sh("ip", "netns", "exec", ns, "nft", "list", "ruleset").stdout.decode()
+    ipt = sh("ip", "netns", "exec", ns, "iptables-save", check=False).stdout.decode()
+    return nft, "\n".join(l for l in ipt.splitlines() if not l.startswith("#"))
+
+
+@pytest.fixture
+def routed(net: MacvlanNet) -> MacvlanNet:
+    # the node forwards IPv6 globally (IPv4 forwarding is per ingress interface, set by moor)
+    net.lab.run(net.node, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.up0.forwarding=1")
+    return net
+
+
+def test_pods_reach_each_other_the_node_and_a_router_through_host_routes(routed: MacvlanNet):
+    net = routed
+    a = net.add("pod1", _conf(net), args=_args("a-0"))
+    b = net.add("pod2", _conf(net), args=_args("b-0"))
+    assert a["ips"][0]["address"].endswith("/32") and a["ips"][1]["address"].endswith("/128")
+    assert a["ips"][0]["gateway"] == "169.254.1.1" and a["ips"][1]["gateway"] == "fe80::1"
+    host_if = a["interfaces"][0]["name"]
+    assert host_if.startswith("moor") and len(host_if) == 15
+    for v in (4, 6):
+        assert net.lab.run(net.pods["pod1"], "ping", f"-{v}", "-c1", "-W2", _ip(b, v)).returncode == 0
+        assert net.lab.run(net.node, "ping", f"-{v}", "-c1", "-W2", _ip(a, v)).returncode == 0
+    # the node's host routes carry moor's protocol number: the contract with the BGP agent
+    routes = ipj(net.node, "route", "show", "proto", "109")
+    assert {r["dst"] for r in routes} == {_ip(a), _ip(b)} and {r["dev"] for r in routes} == {
+        host_if, b["interfaces"][0]["name"]}
+    assert {r["dst"] for r in ipj(net.node, "-6", "route", "show", "proto", "109")} == {_ip(a, 6), _ip(b, 6)}
+    # a router beyond the uplink reaches a pod through the node (what BGP will tell it)
+    net.lab.run(net.peer, "ip", "route", "add", f"{_ip(a)}/32", "via", "192.0.2.2")
+    net.lab.run(net.node, "ip", "route", "replace", "default", "via", "192.0.2.1")
+    assert net.lab.ping(net.peer, _ip(a))
+    # the pod's gateway is a permanent neighbour: no proxy ARP needed on the host end
+    neigh = ipj(net.pods["pod1"], "neigh", "show", "169.254.1.1")
+    assert neigh and "PERMANENT" in neigh[0]["state"]
+    assert net.cni("CHECK", dict(_conf(net), prevResult=a), "pod1").code == 0
+
+
+def test_no_packet_filter_rule_is_ever_written(routed: MacvlanNet):
+    net = routed
+    net.pod("pod1")
+    before = _ruleset(net.node), _ruleset(net.pods["pod1"])
+    res = net.add("pod1", _conf(net), args=_args("a-0"))
+    during = _ruleset(net.node), _ruleset(net.pods["pod1"])
+    assert net.cni("DEL", dict(_conf(net), prevResult=res), "pod1", args=_args("a-0")).code == 0
+    after = _ruleset(net.node), _ruleset(net.pods["pod1"])
+    assert before == during == after
+    assert "table" not in during[0][0] and "-A " not in during[0][1]  # and there were none to begin with
+
+
+def test_check_names_a_missing_host_route_and_del_cleans_everything(routed: MacvlanNet):
+    net = routed
+    net.pod("pod1")
+    before = net.snapshot()
+    res = net.add("pod1", _conf(net), args=_args("a-0"))
+    net.lab.run(net.node, "ip", "route", "del", f"{_ip(res)}/32")
+    bad = net.cni("CHECK", dict(_conf(net), prevResult=res), "pod1")
+    assert bad.error_code == 103 and f"host route {_ip(res)}/32" in bad.json["msg"]
+    conf = dict(_conf(net), prevResult=res)
+    assert net.cni("DEL", conf, "pod1", args=_args("a-0")).code == 0
+    assert net.cni("DEL", conf, "pod1", args=_args("a-0"), netns="").code == 0
+    after = net.snapshot()
+    assert after["node"] == before["node"] and after["pod1"] == before["pod1"]
+
+
+@pytest.mark.parametrize("step", ROUTED_STEPS)
+def test_failure_after_each_step_is_rolled_back(routed: MacvlanNet, step: str):
+    net = routed
+    net.pod("pod1")
+    before = net.snapshot()
+    r = net.cni("ADD", _conf(net), "pod1", args=_args("a-0"), env={"MOOR_FAILPOINT": step, "MOOR_TIMING": "1"})
+    assert r.error_code == 199 and step in r.json["msg"]
+    after = net.snapshot()
+    # moor-ipam's DEL keeps the IP held for this pod (its retry gets the same IP); never active
+    ipam_files = [f for f in after["files"] if f[0] == "ipam.sqlite3"]
+    assert all('"state": "held"' in line and '"pod": "r/a-0"' in line
+               for _, text in ipam_files for line in text.splitlines())
+    after["files"] = [f for f in after["files"] if f[0] != "ipam.sqlite3"]
+    assert after == before
+    retry = net.add("pod1", _conf(net), args=_args("a-0"))
+    held = [line.split()[1] for _, text in ipam_files for line in text.splitlines()]
+    assert sorted(i["address"].split("/")[0] for i in retry["ips"]) == sorted(held) or not held
+
+
+def test_the_step_list_is_complete(routed: MacvlanNet):
+    r = routed.cni("ADD", _conf(routed), "pod1", args=_args("a-0"), env={"MOOR_TIMING": "1"})
+    assert r.code == 0, r.stdout
+    assert r.stderr.decode().split("steps: ")[1].strip().split(", ") == ROUTED_STEPS
+
+
+def test_fixed_ip_pod_recreated_on_another_node_is_reachable_at_the_same_ip(routed: MacvlanNet, tmp_path):
+    """The /32 moves with the pod: node B takes over the IP from a shared (here: copied) store
+    once the pod object is new (new UID), and the router follows the host route."""
+    net = routed
+    first = net.add("pod1", _conf(net), args=_args("db-0"))
+    ip = _ip(first)
+    net.lab.run(net.peer, "ip", "route", "replace", f"{ip}/32", "via", "192.0.2.2")
+    net.lab.run(net.node, "ip", "route", "replace", "default", "via", "192.0.2.1")
+    assert net.lab.ping(net.peer, ip)
+    # node B on the same segment
+    node_b = net.lab.ns("nodeb")
+    net.lab.veth(node_b, "up0", net.peer, "pp1")  # the router's second port, node B's rack
+    net.lab.addr(node_b, "up0", "198.51.100.3/24")
+    net.lab.addr(net.peer, "pp1", "198.51.100.1/24")
+    net.lab.run(node_b, "ip", "route", "add", "default", "via", "198.51.100.1")
+    net.lab.run(node_b, "sysctl", "-q", "-w", "net.ipv4.conf.up0.forwarding=1")
+    # the old node died: its pod is gone; the pod is re-created on node B with a new UID
+    sh("ip", "netns", "del", net.pods.pop("pod1"))
+    net.lab.namespaces.remove(f"{net.lab.prefix}-pod1")
+    pod_b = net.lab.ns("podb")
+    r = run_cni(node_b, "ADD", _conf(net), path=net.path, container_id="cid-b", netns=Lab.path(pod_b),
+                ifname="eth0", args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=db-0;K8S_POD_UID=u-new",
+                env={"MOOR_NODE_NAME": "node-b"})
+    assert r.code == 0, r.stdout
+    assert _ip(r.json) == ip
+    net.lab.run(net.peer, "ip", "route", "replace", f"{ip}/32", "via", "198.51.100.3")  # BGP's job later
+    assert net.lab.ping(net.peer, ip)
