@@ -1,0 +1,1 @@
+"""BGP messages, one per module (as ExaBGP keeps them)."""
