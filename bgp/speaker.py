@@ -1,0 +1,133 @@
+"""The BGP speaker: one asyncio loop, one Session per configured peer (no thread per peer), a
+listener that accepts only configured peers, and an adj-RIB-out shared by every session.
+
+`python -m bgp.speaker --asn 65001 --router-id 192.0.2.2 --peer 192.0.2.1:65000 --announce
+203.0.113.7/32` runs it standalone (the agent embeds it later): received routes are printed as
+JSON lines on stdout, and lines `announce PREFIX` / `withdraw PREFIX` on stdin change the table.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import sys
+
+from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
+
+log = logging.getLogger("moor.bgp")
+
+
+class Speaker:
+    def __init__(self, local: LocalConfig, peers: list[PeerConfig], listen: str = "0.0.0.0", port: int = 179,
+                 on_received=None, on_state=None):
+        self.local = local
+        self.listen, self.port = listen, port
+        self.rib_out: dict = {}
+        self.sessions = {p.address: Session(local, p, self.rib_out, on_received, on_state) for p in peers}
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._incoming, self.listen, self.port, reuse_address=True)
+        for s in self.sessions.values():
+            if not s.peer.passive:
+                self._tasks.append(asyncio.ensure_future(s.run_active()))
+
+    async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")[0]
+        session = self.sessions.get(addr)
+        if session is None:  # only configured peers are accepted
+            log.warning("connection from unconfigured %s refused", addr)
+            writer.close()
+            return
+        if session.busy():  # collision: keep the session we have (RFC 4271 6.8, simplified)
+            writer.close()
+            return
+        await session.serve(reader, writer)
+
+    def announce(self, prefix, next_hop: str | None = None) -> None:
+        p = ipaddress.ip_network(prefix)
+        self.rib_out[p] = next_hop
+        for s in self.sessions.values():
+            s.changed(p, True)
+
+    def withdraw(self, prefix) -> None:
+        p = ipaddress.ip_network(prefix)
+        if self.rib_out.pop(p, "absent") != "absent":
+            for s in self.sessions.values():
+                s.changed(p, False)
+
+    def established(self) -> list[str]:
+        return [a for a, s in self.sessions.items() if s.state == ESTABLISHED]
+
+    async def stop(self) -> None:
+        for s in self.sessions.values():
+            await s.stop()
+        for t in self._tasks:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+
+
+def _peer(text: str) -> PeerConfig:
+    addr, _, rest = text.partition(":")
+    asn, _, flags = rest.partition(":")
+    return PeerConfig(address=addr, asn=int(asn), passive="passive" in flags.split(","))
+
+
+async def _main(args) -> int:
+    def emit(rec: Received) -> None:
+        print(json.dumps({"peer": rec.peer, "announced": [[str(p), nh] for p, nh in rec.announced],
+                          "withdrawn": [str(p) for p in rec.withdrawn],
+                          "end_of_rib": list(rec.end_of_rib) if rec.end_of_rib else None}), flush=True)
+
+    def state(peer: str, st: str) -> None:
+        print(json.dumps({"peer": peer, "state": st}), flush=True)
+
+    local = LocalConfig(asn=args.asn, router_id=args.router_id, hold_time=args.hold_time,
+                        connect_retry_s=args.connect_retry)
+    sp = Speaker(local, [_peer(p) for p in args.peer], args.listen, args.port, emit, state)
+    for p in args.announce:
+        sp.announce(p)
+    await sp.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def commands() -> None:
+        while line := (await reader.readline()).decode().split():
+            if line[0] == "announce":
+                sp.announce(line[1], line[2] if len(line) > 2 else None)
+            elif line[0] == "withdraw":
+                sp.withdraw(line[1])
+    cmd = asyncio.ensure_future(commands())
+    await done.wait()
+    cmd.cancel()
+    await sp.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bgp.speaker", description="moor's BGP speaker, standalone")
+    ap.add_argument("--asn", type=int, required=True)
+    ap.add_argument("--router-id", required=True)
+    ap.add_argument("--peer", action="append", default=[], help="ADDRESS:ASN[:passive]")
+    ap.add_argument("--announce", action="append", default=[], help="a prefix to advertise from the start")
+    ap.add_argument("--listen", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=179)
+    ap.add_argument("--hold-time", type=int, default=90)
+    ap.add_argument("--connect-retry", type=float, default=5.0)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

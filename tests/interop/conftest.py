@@ -1,0 +1,113 @@
+"""Real routers from Debian packages, each in its own netns as the ToR, with private config,
+control socket and pid paths; the test stops exactly the processes it started."""
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from dataplane.nslab import Lab
+from tests.helpers import REPO
+
+TOR, NODE = "192.0.2.1", "192.0.2.2"
+
+
+def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Bird:
+    lab: Lab
+    ns: str
+    tmp: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self, conf: str) -> None:
+        (self.tmp / "bird.conf").write_text(conf)
+        self.proc = self.lab.spawn(self.ns, ["bird", "-f", "-c", str(self.tmp / "bird.conf"), "-s",
+                                             str(self.tmp / "bird.ctl"), "-P", str(self.tmp / "bird.pid")],
+                                   stdout=subprocess.DEVNULL, stderr=open(self.tmp / "bird.log", "wb"))
+        wait_for(lambda: (self.tmp / "bird.ctl").exists(), what="BIRD's control socket")
+
+    def cmd(self, *args: str) -> str:
+        return subprocess.run(["birdc", "-s", str(self.tmp / "bird.ctl"), *args], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def state(self, proto: str) -> str:
+        line = next((l for l in self.cmd("show", "protocols", proto).splitlines() if l.startswith(proto)), "")
+        return line.split()[5] if len(line.split()) > 5 else ""
+
+    def routes(self, proto: str) -> dict[str, str]:
+        """prefix -> 'via' address of the routes BIRD learned from `proto`."""
+        out, prefix = {}, None
+        for line in self.cmd("show", "route", "protocol", proto).splitlines():
+            parts = line.split()
+            if parts and "/" in parts[0]:
+                prefix = parts[0]
+            if prefix and "via" in parts:
+                out[prefix] = parts[parts.index("via") + 1]
+        return out
+
+
+@dataclass
+class SpeakerProc:
+    """moor's speaker as its own process in the node netns; events from its stdout."""
+    proc: subprocess.Popen
+    events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
+    seen: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except ValueError:
+                pass
+
+    def drain(self) -> list[dict]:
+        while True:
+            try:
+                self.seen.append(self.events.get_nowait())
+            except queue.Empty:
+                return self.seen
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+
+@pytest.fixture
+def tor(tmp_path: Path):
+    if shutil.which("bird") is None:
+        pytest.skip("bird2 is not installed (scripts/setup.sh installs it)")
+    lab = Lab()
+    try:
+        tor_ns, node_ns = lab.ns("tor"), lab.ns("node")
+        lab.veth(tor_ns, "t0", node_ns, "n0")
+        lab.addr(tor_ns, "t0", f"{TOR}/24")
+        lab.addr(node_ns, "n0", f"{NODE}/24")
+
+        def speaker(*args: str) -> SpeakerProc:
+            p = lab.spawn(node_ns, [sys.executable, "-m", "bgp.speaker", *args], cwd=REPO, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "speaker.log", "w"))
+            return SpeakerProc(p)
+        yield lab, Bird(lab, tor_ns, tmp_path), speaker
+    finally:
+        lab.close()
