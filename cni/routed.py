@@ -106,7 +106,13 @@ class RoutedPlugin(Mode):
     def _delete_host_veth(self, name: str) -> None:
         link = self.host.link_get(name)
         if link is not None and link.kind == "veth":
-            self.host.link_del(link.index)  # takes the pod end and every route through it along
+            # the routes first, one by one: the kernel flushes a deleted link's IPv4 routes without
+            # an RTM_DELROUTE, and the agent withdraws on that event
+            for v in (4, 6):
+                for r in self.host.routes(v):
+                    if r.oif == link.index and r.proto == RTPROT_MOOR:
+                        self.host.route_del(r.dst, oif=link.index, proto=RTPROT_MOOR)
+            self.host.link_del(link.index)  # takes the pod end along
 
     # -- DEL ---------------------------------------------------------------------------------
     def delete(self) -> None:

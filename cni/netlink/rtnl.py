@@ -294,16 +294,23 @@ class RTNL:
         body = w.RTMSG.pack(_family(version), 0, 0, 0, 0, 0, 0, 0, 0)
         out = []
         for m in self._request(w.RTM_GETROUTE, w.NLM_F_DUMP, body, "dump routes"):
-            if m.type != w.RTM_NEWROUTE:
-                continue
-            fam, dlen, _sl, _tos, tbl, proto, scope, rtype, _fl = w.RTMSG.unpack_from(m.body)
-            a = w.parse_attrs(m.body[w.RTMSG.size :])
-            tbl = w.u32(a[w.RTA_TABLE]) if w.RTA_TABLE in a else tbl
-            if tbl != table or rtype != w.RTN_UNICAST:
-                continue
-            zero = b"\0" * (4 if fam == socket.AF_INET else 16)
-            dst = ipaddress.ip_network((ipaddress.ip_address(a.get(w.RTA_DST, zero)), dlen))
-            gw = ipaddress.ip_address(a[w.RTA_GATEWAY]) if w.RTA_GATEWAY in a else None
-            out.append(Route(dst=dst, oif=w.u32(a[w.RTA_OIF]) if w.RTA_OIF in a else 0, gateway=gw,
-                             proto=proto, scope=scope, table=tbl))
+            r = parse_route(m)
+            if r is not None and r.table == table:
+                out.append(r)
         return out
+
+
+def parse_route(m: w.Message) -> Optional[Route]:
+    """A unicast route from an RTM_NEWROUTE/RTM_DELROUTE message (a dump reply or an event)."""
+    if m.type not in (w.RTM_NEWROUTE, w.RTM_DELROUTE) or len(m.body) < w.RTMSG.size:
+        return None
+    fam, dlen, _sl, _tos, tbl, proto, scope, rtype, _fl = w.RTMSG.unpack_from(m.body)
+    if rtype != w.RTN_UNICAST or fam not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    a = w.parse_attrs(m.body[w.RTMSG.size :])
+    tbl = w.u32(a[w.RTA_TABLE]) if w.RTA_TABLE in a else tbl
+    zero = b"\0" * (4 if fam == socket.AF_INET else 16)
+    dst = ipaddress.ip_network((ipaddress.ip_address(a.get(w.RTA_DST, zero)), dlen))
+    gw = ipaddress.ip_address(a[w.RTA_GATEWAY]) if w.RTA_GATEWAY in a else None
+    return Route(dst=dst, oif=w.u32(a[w.RTA_OIF]) if w.RTA_OIF in a else 0, gateway=gw,
+                 proto=proto, scope=scope, table=tbl)

@@ -142,7 +142,7 @@ def test_fixed_ip_pod_recreated_on_another_node_is_reachable_at_the_same_ip(rout
     net.lab.namespaces.remove(f"{net.lab.prefix}-pod1")
     pod_b = net.lab.ns("podb")
     r = run_cni(node_b, "ADD", _conf(net), path=net.path, container_id="cid-b", netns=Lab.path(pod_b),
-                ifname="eth0", args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=db-0;K8S_POD_UID=u-new",
+                ifname="eth0", args="IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=db-0;K8S_POD_UID=u-new",
                 env={"MOOR_NODE_NAME": "node-b"})
     assert r.code == 0, r.stdout
     assert _ip(r.json) == ip

@@ -3,9 +3,13 @@ End-of-RIB, a wrong AS never establishing, and a clean stop withdrawing everythi
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
+from dataplane.nslab import Lab
+from tests.helpers import REPO, cni_path, run_cni
 from tests.interop.conftest import NODE, TOR, wait_for
 
 pytestmark = pytest.mark.interop
@@ -54,3 +58,65 @@ def test_wrong_peer_as_never_establishes(tor):
              or "Bad OPEN" in bird.cmd("show", "protocols", "all", "node1"), what="BIRD to refuse our AS")
     assert bird.state("node1") != "Established"
     assert not any(e.get("state") == "Established" for e in sp.drain())
+
+
+def _moord(lab, node_ns: str, tmp, name: str = "moord"):
+    conf = tmp / f"{name}.yaml"
+    conf.write_text(f"""
+bgp:
+  asn: 4200000001
+  routerId: {NODE}
+  holdTime: 9
+  peers:
+    - address: {TOR}
+      asn: 65000
+      communities: ["65000:42"]
+""")
+    return lab.spawn(node_ns, [sys.executable, "-m", "dataplane.agent", "--config", str(conf), "-v"], cwd=REPO,
+                     stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"))
+
+
+def test_cni_add_makes_the_tor_learn_the_pod_and_del_withdraws_it(tor, tmp_path):
+    lab, bird, _speaker = tor
+    bird.start(BIRD_CONF.format(node_as=4200000001))
+    node_ns = f"{lab.prefix}-node"
+    lab.run(node_ns, "sysctl", "-q", "-w", "net.ipv4.conf.n0.forwarding=1")
+    path = cni_path(tmp_path)
+    conf = {"cniVersion": "1.0.0", "name": "fabric", "type": "moor", "mode": "bgp", "stateDir": str(tmp_path / "s"),
+            "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path / "ipam"), "pools": [{"cidr": "203.0.113.0/24"}]}}
+    # a pod that exists before the agent starts: read from the table at start
+    early = lab.ns("early")
+    r0 = run_cni(node_ns, "ADD", conf, path=path, container_id="early", netns=Lab.path(early),
+                 args="K8S_POD_NAMESPACE=a;K8S_POD_NAME=early-0")
+    assert r0.code == 0, r0.stdout
+    agent = _moord(lab, node_ns, tmp_path)
+    wait_for(lambda: bird.state("node1") == "Established", what="Established")
+    ip0 = r0.json["ips"][0]["address"]
+    assert wait_for(lambda: bird.routes("node1").get(ip0), what="the early pod's /32") == NODE
+    assert "(65000,42)" in bird.cmd("show", "route", ip0, "all")  # the peer's community
+    pod = lab.ns("pod")
+    r1 = run_cni(node_ns, "ADD", conf, path=path, container_id="p1", netns=Lab.path(pod),
+                 args="K8S_POD_NAMESPACE=a;K8S_POD_NAME=web-0")
+    assert r1.code == 0, r1.stdout
+    ip1 = r1.json["ips"][0]["address"]
+    assert wait_for(lambda: bird.routes("node1").get(ip1), what="the new pod's /32 at the ToR") == NODE
+    # the ToR reaches the pod through the node
+    lab.run(bird.ns, "ip", "route", "replace", ip1, "via", NODE)
+    assert lab.ping(bird.ns, ip1.split("/")[0])
+    assert run_cni(node_ns, "DEL", dict(conf, prevResult=r1.json), path=path, container_id="p1",
+                   netns=Lab.path(pod), args="K8S_POD_NAMESPACE=a;K8S_POD_NAME=web-0").code == 0
+    wait_for(lambda: ip1 not in bird.routes("node1"), what="the withdrawal after DEL")
+    # restart the agent: it reads the table again and re-advertises what is there
+    agent.terminate()
+    agent.wait(10)
+    wait_for(lambda: not bird.routes("node1"), what="routes gone with the agent")
+    _moord(lab, node_ns, tmp_path, "moord2")
+    assert wait_for(lambda: bird.routes("node1").get(ip0), what="re-advertised after restart") == NODE
+
+
+def test_moord_refuses_a_bad_config_by_name(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bgp:\n  asn: 65001\n  routerId: 192.0.2.2\n  peers:\n    - address: 192.0.2.1\n      asn: x\n")
+    p = subprocess.run([sys.executable, "-m", "dataplane.agent", "--config", str(bad)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "bgp.peers[0].asn must be int" in p.stderr
