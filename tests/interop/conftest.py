@@ -65,6 +65,50 @@ class Bird:
 
 
 @dataclass
+class GoBGP:
+    lab: Lab
+    ns: str
+    tmp: Path
+    api_port: int = 50051
+    proc: subprocess.Popen | None = None
+
+    def start(self, conf: str) -> None:
+        (self.tmp / "gobgpd.toml").write_text(conf)
+        self.proc = self.lab.spawn(self.ns, ["gobgpd", "-f", str(self.tmp / "gobgpd.toml"), "-p",
+                                             "--api-hosts", f"127.0.0.1:{self.api_port}"],
+                                   stdout=open(self.tmp / "gobgpd.log", "wb"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.cli("neighbor").returncode == 0, what="gobgpd's API")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.ns, "gobgp", "-u", "127.0.0.1", "-p", str(self.api_port),
+                               *args], capture_output=True, text=True, timeout=10)
+
+    def state(self, neighbor: str) -> str:
+        p = self.cli("neighbor", neighbor, "-j")
+        try:
+            st = json.loads(p.stdout)["state"]["session_state"]
+        except (ValueError, KeyError, TypeError):
+            return ""
+        # GoBGP 3 prints the FSM state as its protobuf number (6 = established)
+        names = {1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm", 6: "established"}
+        return names.get(st, str(st)) if isinstance(st, int) else str(st).lower()
+
+    def routes(self) -> dict[str, str]:
+        p = self.cli("global", "rib", "-a", "ipv4", "-j")
+        try:
+            doc = json.loads(p.stdout or "{}")
+        except ValueError:
+            return {}
+        out = {}
+        for prefix, paths in doc.items():
+            for path in paths:
+                for a in path.get("attrs", []):
+                    if a.get("type") == 3:
+                        out[prefix] = a.get("nexthop")
+        return out
+
+
+@dataclass
 class SpeakerProc:
     """moor's speaker as its own process in the node netns; events from its stdout."""
     proc: subprocess.Popen
@@ -93,9 +137,9 @@ class SpeakerProc:
         self.proc.stdin.flush()
 
 
-@pytest.fixture
-def tor(tmp_path: Path):
-    if shutil.which("bird") is None:
+@pytest.fixture(params=["bird"])
+def tor(request, tmp_path: Path):
+    if request.param == "bird" and shutil.which("bird") is None:
         pytest.skip("bird2 is not installed (scripts/setup.sh installs it)")
     lab = Lab()
     try:
@@ -108,6 +152,11 @@ def tor(tmp_path: Path):
             p = lab.spawn(node_ns, [sys.executable, "-m", "bgp.speaker", *args], cwd=REPO, text=True,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "speaker.log", "w"))
             return SpeakerProc(p)
-        yield lab, Bird(lab, tor_ns, tmp_path), speaker
+        if request.param == "gobgp":
+            if shutil.which("gobgpd") is None:
+                pytest.skip("gobgpd is not installed (scripts/setup.sh installs it)")
+            yield lab, GoBGP(lab, tor_ns, tmp_path), speaker
+        else:
+            yield lab, Bird(lab, tor_ns, tmp_path), speaker
     finally:
         lab.close()
