@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from . import capability as cap
+from . import sockopt
 from .attribute import as_path, communities, local_pref, mp_reach, next_hop, origin
 from .errors import (BAD_PEER_AS, BAD_BGP_IDENTIFIER, CEASE, FSM_ERROR, HOLD_TIMER_EXPIRED, OPEN_MESSAGE, BGPError)
 from .message import notification, open as bopen, update
@@ -29,6 +31,8 @@ class PeerConfig:
     port: int = 179
     hold_time: int = 90
     communities: tuple[int, ...] = ()
+    password: str = ""  # TCP MD5 (RFC 2385)
+    ttl_security: bool = False  # GTSM (RFC 5082), directly connected peers
 
 
 @dataclass
@@ -84,8 +88,7 @@ class Session:
         while not self._stopped:
             self._set(CONNECT)
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.peer.address, self.peer.port), self.local.connect_retry_s)
+                reader, writer = await asyncio.wait_for(self._connect(), self.local.connect_retry_s)
             except (OSError, asyncio.TimeoutError):
                 self._set(ACTIVE)
                 await asyncio.sleep(self.local.connect_retry_s)
@@ -93,6 +96,22 @@ class Session:
             await self.serve(reader, writer)
             if not self._stopped:
                 await asyncio.sleep(self.local.connect_retry_s)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection with MD5 and GTSM set before the SYN leaves."""
+        addr = ipaddress.ip_address(self.peer.address)
+        sock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if self.peer.password:
+                sockopt.set_md5(sock, self.peer.address, self.peer.password)
+            if self.peer.ttl_security:
+                sockopt.set_gtsm(sock)
+            await asyncio.get_running_loop().sock_connect(sock, (self.peer.address, self.peer.port))
+            return await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     def busy(self) -> bool:
         return self.state in (OPENSENT, OPENCONFIRM, ESTABLISHED)

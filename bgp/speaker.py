@@ -13,8 +13,10 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
 import sys
 
+from . import sockopt
 from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
 
 log = logging.getLogger("moor.bgp")
@@ -31,7 +33,20 @@ class Speaker:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._incoming, self.listen, self.port, reuse_address=True)
+        addr = ipaddress.ip_address(self.listen)
+        lsock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # MD5 keys live on the listening socket (the kernel checks the SYN before accept);
+        # GTSM set here is inherited by accepted connections
+        for s in self.sessions.values():
+            if s.peer.password and ipaddress.ip_address(s.peer.address).version == addr.version:
+                sockopt.set_md5(lsock, s.peer.address, s.peer.password)
+        if any(s.peer.ttl_security for s in self.sessions.values()):
+            sockopt.set_gtsm(lsock)
+        lsock.bind((self.listen, self.port))
+        lsock.listen(64)
+        lsock.setblocking(False)
+        self._server = await asyncio.start_server(self._incoming, sock=lsock)
         for s in self.sessions.values():
             if not s.peer.passive:
                 self._tasks.append(asyncio.ensure_future(s.run_active()))
@@ -73,9 +88,13 @@ class Speaker:
 
 
 def _peer(text: str) -> PeerConfig:
+    """ADDRESS:ASN[:flag,flag...] with flags passive, gtsm, md5=PASSWORD."""
     addr, _, rest = text.partition(":")
     asn, _, flags = rest.partition(":")
-    return PeerConfig(address=addr, asn=int(asn), passive="passive" in flags.split(","))
+    fl = [f for f in flags.split(",") if f]
+    password = next((f[4:] for f in fl if f.startswith("md5=")), "")
+    return PeerConfig(address=addr, asn=int(asn), passive="passive" in fl, ttl_security="gtsm" in fl,
+                      password=password)
 
 
 async def _main(args) -> int:
@@ -117,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bgp.speaker", description="moor's BGP speaker, standalone")
     ap.add_argument("--asn", type=int, required=True)
     ap.add_argument("--router-id", required=True)
-    ap.add_argument("--peer", action="append", default=[], help="ADDRESS:ASN[:passive]")
+    ap.add_argument("--peer", action="append", default=[], help="ADDRESS:ASN[:passive,gtsm,md5=PASSWORD]")
     ap.add_argument("--announce", action="append", default=[], help="a prefix to advertise from the start")
     ap.add_argument("--listen", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=179)

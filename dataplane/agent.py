@@ -23,7 +23,7 @@ from .routewatch import RouteWatch
 log = logging.getLogger("moord")
 
 # keys the issue asks for whose behaviour lands later: refused by name rather than ignored
-NOT_YET = {"password": "TCP MD5", "ttlSecurity": "GTSM", "gracefulRestart": "graceful restart"}
+NOT_YET = {"gracefulRestart": "graceful restart"}
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,10 @@ def load(text: str) -> AgentConfig:
             raise ConfigError(f"{where}.communities: {e}") from e
         peers.append(PeerConfig(address=_req(p, "address", str, where), asn=_req(p, "asn", int, where),
                                 passive=bool(p.get("passive", False)), port=int(p.get("port", 179)),
-                                hold_time=int(p.get("holdTime", local.hold_time)), communities=comms))
+                                hold_time=int(p.get("holdTime", local.hold_time)), communities=comms,
+                                password=str(p.get("password") or ""), ttl_security=bool(p.get("ttlSecurity"))))
+        if len(peers[-1].password.encode()) > 80:
+            raise ConfigError(f"{where}.password is longer than 80 bytes (the kernel's TCP MD5 limit)")
     if b.get("installLearned"):
         raise ConfigError("bgp.installLearned: installing learned routes is not supported yet")
     adv = b.get("advertise") or {}

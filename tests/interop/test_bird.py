@@ -3,6 +3,7 @@ End-of-RIB, a wrong AS never establishing, and a clean stop withdrawing everythi
 from __future__ import annotations
 
 import signal
+import time
 import subprocess
 import sys
 
@@ -120,3 +121,36 @@ def test_moord_refuses_a_bad_config_by_name(tmp_path):
     p = subprocess.run([sys.executable, "-m", "dataplane.agent", "--config", str(bad)], cwd=REPO,
                        capture_output=True, text=True)
     assert p.returncode == 2 and "bgp.peers[0].asn must be int" in p.stderr
+
+
+BIRD_SECURE = """
+router id 192.0.2.1;
+protocol device {{}}
+protocol bgp node1 {{
+  local 192.0.2.1 as 65000;
+  neighbor 192.0.2.2 as 65001;
+  password "{password}";
+  ttl security on;
+  hold time 9;
+  connect retry time 1;
+  error wait time 1, 2;
+  ipv4 {{ import all; export none; }};
+}}
+"""
+
+
+@pytest.mark.parametrize("ours,established", [("s3cret-key", True), ("wrong-key", False)])
+def test_md5_password_and_gtsm(tor, ours, established):
+    lab, bird, speaker = tor
+    bird.start(BIRD_SECURE.format(password="s3cret-key"))
+    sp = speaker("--asn", "65001", "--router-id", NODE, "--peer", f"{TOR}:65000:gtsm,md5={ours}",
+                 "--announce", "203.0.113.7/32", "--connect-retry", "1", "--hold-time", "9")
+    if established:
+        wait_for(lambda: bird.state("node1") == "Established", what="an MD5-signed, GTSM session")
+        assert wait_for(lambda: bird.routes("node1").get("203.0.113.7/32"), what="the /32") == NODE
+    else:
+        # a wrong key: the kernel drops every unsigned-for-it segment, no session ever forms
+        wait_for(lambda: any(e.get("state") == "Active" for e in sp.drain()), what="failed connect attempts")
+        time.sleep(3)
+        assert bird.state("node1") != "Established"
+        assert not any(e.get("state") == "Established" for e in sp.drain())

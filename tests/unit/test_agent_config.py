@@ -27,7 +27,8 @@ def test_good_config():
     ("bgp: {asn: 1, routerId: x, peers: [{address: 192.0.2.1}]}", "bgp.peers[0].asn is missing"),
     ("bgp: {asn: 1, routerId: x, peers: [{address: 192.0.2.1, asn: 2, communities: ['1:99999']}]}",
      "bgp.peers[0].communities"),
-    ("bgp: {asn: 1, routerId: x, peers: [{address: 192.0.2.1, asn: 2, password: s}]}", "bgp.peers[0].password"),
+    ("bgp: {asn: 1, routerId: x, peers: [{address: 192.0.2.1, asn: 2, gracefulRestart: true}]}",
+     "bgp.peers[0].gracefulRestart"),
     ("bgp: [", "not YAML"),
 ])
 def test_bad_configs(text, field):
