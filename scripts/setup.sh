@@ -14,7 +14,7 @@ fi
 PKGS=(
     python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 bpfcc-tools
     iproute2 iputils-ping tcpdump procps
-    containernetworking-plugins podman runc busybox-static etcd-server nftables iptables bird2 gobgpd
+    containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd
 )
 missing=()
 for p in "${PKGS[@]}"; do
