@@ -27,7 +27,7 @@ def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
         if got:
             return got
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise TimeoutError(f"gave up after {timeout} s waiting for {what}")  # a guard, not a speed check
 
 
 @dataclass
