@@ -9,7 +9,7 @@ import sys
 import zlib
 
 from . import announce, delegate
-from .errors import (CHECK_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
+from .errors import (INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
                      TRY_AGAIN_LATER, VLAN_UNSUPPORTED, CNIError)
 from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
@@ -32,6 +32,7 @@ def shim_name(parent: str) -> str:
 
 
 class MacvlanPlugin(Mode):
+    _parent: Optional[Link] = None  # the parent link, as CHECK found it
     def _master(self, code: int = INVALID_CONFIG) -> Link:
         link = self.host.link_get(self.conf.master)
         if link is None:
@@ -258,42 +259,12 @@ class MacvlanPlugin(Mode):
             self._ipam("DEL")
 
     # -- CHECK -------------------------------------------------------------------------------
-    def check(self) -> None:
-        c, env = self.conf, self.env
-        prev = c.prev_result
-        if prev is None:
-            raise CNIError(INVALID_CONFIG, "invalid network config: CHECK needs 'prevResult'")
-        diffs: list[str] = []
-        parent = self.host.link_get(c.parent)
-        if parent is None:
-            diffs.append(f"parent link {c.parent} does not exist on the node")
-        nsfd = open_pod_netns(env)
-        try:
-            pod = pod_socket(nsfd, env.netns)
-        finally:
-            os.close(nsfd)
-        try:
-            idx = next((n for n, i in enumerate(prev.interfaces) if i.name == env.ifname and i.sandbox), None)
-            if idx is None:
-                diffs.append(f"prevResult lists no sandbox interface {env.ifname}")
-            link = pod.link_get(env.ifname)
-            if link is None:
-                diffs.append(f"interface {env.ifname} does not exist in {env.netns}")
-            else:
-                diffs += self._check_link(pod, link, parent, prev, idx)
-        finally:
-            pod.close()
-        if c.ipam:
-            try:
-                self._ipam("CHECK")
-            except CNIError as e:
-                diffs.append(f"IPAM: {e.msg}")
-        if diffs:
-            raise CNIError(CHECK_FAILED, f"CHECK failed for {env.ifname}: " + "; ".join(diffs))
+    def _check_host(self, prev: Result) -> list[str]:
+        self._parent = self.host.link_get(self.conf.parent)
+        return [] if self._parent is not None else [f"parent link {self.conf.parent} does not exist on the node"]
 
-    def _check_link(self, pod: RTNL, link: Link, parent: Optional[Link], prev: Result,
-                    idx: Optional[int]) -> list[str]:
-        c = self.conf
+    def _check_link(self, pod: RTNL, link: Link, prev: Result, idx: Optional[int]) -> list[str]:
+        c, parent = self.conf, self._parent
         diffs = []
         if link.kind != "macvlan":
             diffs.append(f"{link.name} is a {link.kind or 'plain'} link, not macvlan")
@@ -305,12 +276,6 @@ class MacvlanPlugin(Mode):
             diffs.append(f"{link.name} MAC is {link.mac}, prevResult says {prev.interfaces[idx].mac}")
         if c.mtu and link.mtu != c.mtu:
             diffs.append(f"{link.name} MTU is {link.mtu}, config says {c.mtu}")
-        if not link.up:
-            diffs.append(f"{link.name} is down")
-        have = set(pod.addrs(link.index))
-        for ip in prev.ips:
-            if ip.interface == idx and ip.address not in have:
-                diffs.append(f"address {ip.address} missing from {link.name}")
         tables = {v: pod.routes(v) for v in (4, 6)}
         for r in prev.routes:
             ok = any(kr.dst == r.dst and (r.gw is None or kr.gateway == r.gw) for kr in tables[r.dst.version])

@@ -8,10 +8,10 @@ from . import delegate
 from . import mac as macs
 from .config import NetConf
 from .env import Env
-from .errors import INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
+from .errors import CHECK_FAILED, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
 from .netlink import netns
-from .netlink.rtnl import RTNL
-from .result import IPConfig
+from .netlink.rtnl import RTNL, Link
+from .result import IPConfig, Result
 from .state import Attachment, Store
 
 TYPE_CHECKING = False
@@ -110,6 +110,50 @@ class Mode:
                 delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
         if ipam_gc:
             self._ipam("GC")
+
+    # -- CHECK: what every mode verifies; the modes add their own host and link checks ---------
+    def check(self) -> None:
+        c, env = self.conf, self.env
+        prev = c.prev_result
+        if prev is None:
+            raise CNIError(INVALID_CONFIG, "invalid network config: CHECK needs 'prevResult'")
+        diffs = self._check_host(prev)
+        nsfd = open_pod_netns(env)
+        try:
+            pod = pod_socket(nsfd, env.netns)
+        finally:
+            os.close(nsfd)
+        try:
+            idx = next((n for n, i in enumerate(prev.interfaces) if i.name == env.ifname and i.sandbox), None)
+            if idx is None:
+                diffs.append(f"prevResult lists no sandbox interface {env.ifname}")
+            link = pod.link_get(env.ifname)
+            if link is None:
+                diffs.append(f"interface {env.ifname} does not exist in {env.netns}")
+            else:
+                diffs += self._check_link(pod, link, prev, idx)
+                if not link.up:
+                    diffs.append(f"{link.name} is down")
+                have = set(pod.addrs(link.index))
+                diffs += [f"address {ip.address} missing from {link.name}" for ip in prev.ips
+                          if ip.interface == idx and ip.address not in have]
+        finally:
+            pod.close()
+        if c.ipam:
+            try:
+                self._ipam("CHECK")
+            except CNIError as e:
+                diffs.append(f"IPAM: {e.msg}")
+        if diffs:
+            raise CNIError(CHECK_FAILED, f"CHECK failed for {env.ifname}: " + "; ".join(diffs))
+
+    def _check_host(self, prev: Result) -> list[str]:
+        """Differences on the node's side of the attachment."""
+        return []
+
+    def _check_link(self, pod: RTNL, link: Link, prev: Result, idx: Optional[int]) -> list[str]:
+        """Differences of the pod's interface and routes (up and addresses are checked for all)."""
+        return []
 
     def status(self) -> None:
         if self.conf.ipam:

@@ -9,7 +9,7 @@ import ipaddress
 import os
 
 from . import delegate
-from .errors import CHECK_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, CNIError
+from .errors import INTERFACE_EXISTS, INVALID_CONFIG, CNIError
 from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link
@@ -66,7 +66,7 @@ class RoutedPlugin(Mode):
         steps.run("record", lambda: self.store.put(att),
                   lambda: self.store.remove(c.name, env.container_id, env.ifname))
         steps.run("veth", lambda: self.host.veth_add(hname, env.ifname, nsfd, mtu=c.mtu, peer_mac=mac),
-                  lambda: self._delete_host_veth(hname))
+                  lambda: self._delete_host_veth(hname, att.ips))
         host = self.host.link_get(hname)
         link = pod.link_get(env.ifname)
         assert host is not None and link is not None
@@ -103,72 +103,47 @@ class RoutedPlugin(Mode):
             pod.neigh_replace(link.index, GATEWAY[v], host.mac)
             pod.route_replace(DEFAULT[v], oif=link.index, gateway=GATEWAY[v], proto=4, onlink=True)
 
-    def _delete_host_veth(self, name: str) -> None:
+    def _delete_host_veth(self, name: str, ips: list[str]) -> None:
         link = self.host.link_get(name)
         if link is not None and link.kind == "veth":
             # the routes first, one by one: the kernel flushes a deleted link's IPv4 routes without
-            # an RTM_DELROUTE, and the agent withdraws on that event
-            for v in (4, 6):
-                for r in self.host.routes(v):
-                    if r.oif == link.index and r.proto == RTPROT_MOOR:
-                        self.host.route_del(r.dst, oif=link.index, proto=RTPROT_MOOR)
+            # an RTM_DELROUTE (the agent would have to notice the link going instead)
+            for cidr in ips:
+                dst = ipaddress.ip_interface(cidr).network
+                self.host.route_del(dst, oif=link.index, proto=RTPROT_MOOR)
             self.host.link_del(link.index)  # takes the pod end along
 
     # -- DEL ---------------------------------------------------------------------------------
     def delete(self) -> None:
         c, env = self.conf, self.env
         att = self.store.get(c.name, env.container_id, env.ifname)
-        self._delete_host_veth(att.host_link if att and att.host_link else self._host_name())
+        prev_ips = [str(_host(i.address.ip)) for i in c.prev_result.ips] if c.prev_result else []
+        self._delete_host_veth(att.host_link if att and att.host_link else self._host_name(),
+                               att.ips if att else prev_ips)
         self.store.remove(c.name, env.container_id, env.ifname)
         if c.ipam:  # last: the IP is free only once no route on the node points at it
             self._ipam("DEL")
 
     def _release(self, att: Attachment) -> None:
-        self._delete_host_veth(att.host_link or host_veth_name(att.network, att.container_id, att.ifname))
+        self._delete_host_veth(att.host_link or host_veth_name(att.network, att.container_id, att.ifname), att.ips)
         self.store.remove(att.network, att.container_id, att.ifname)
 
     # -- CHECK -------------------------------------------------------------------------------
-    def check(self) -> None:
-        c, env = self.conf, self.env
-        prev = c.prev_result
-        if prev is None:
-            raise CNIError(INVALID_CONFIG, "invalid network config: CHECK needs 'prevResult'")
-        diffs: list[str] = []
+    def _check_host(self, prev: Result) -> list[str]:
         hname = self._host_name()
         host = self.host.link_get(hname)
         if host is None or host.kind != "veth":
-            diffs.append(f"host veth {hname} does not exist")
-        nsfd = open_pod_netns(env)
-        try:
-            pod = pod_socket(nsfd, env.netns)
-        finally:
-            os.close(nsfd)
-        try:
-            link = pod.link_get(env.ifname)
-            if link is None or link.kind != "veth":
-                diffs.append(f"veth {env.ifname} does not exist in {env.netns}")
-            else:
-                if not link.up:
-                    diffs.append(f"{env.ifname} is down")
-                have = set(pod.addrs(link.index))
-                idx = next((n for n, i in enumerate(prev.interfaces) if i.name == env.ifname and i.sandbox), None)
-                for ip in prev.ips:
-                    if ip.interface == idx and ip.address not in have:
-                        diffs.append(f"address {ip.address} missing from {env.ifname}")
-                for v in sorted({ip.version for ip in prev.ips}):
-                    if not any(r.dst == DEFAULT[v] and r.gateway == GATEWAY[v] for r in pod.routes(v)):
-                        diffs.append(f"default route via {GATEWAY[v]} missing")
-        finally:
-            pod.close()
-        if host is not None:
-            for ip in prev.ips:
-                dst = ipaddress.ip_network(ip.address.ip)
-                if not any(r.dst == dst and r.oif == host.index and r.proto == RTPROT_MOOR
-                           for r in self.host.routes(ip.version)):
-                    diffs.append(f"host route {dst} dev {hname} proto moor missing")
-        try:
-            self._ipam("CHECK")
-        except CNIError as e:
-            diffs.append(f"IPAM: {e.msg}")
-        if diffs:
-            raise CNIError(CHECK_FAILED, f"CHECK failed for {env.ifname}: " + "; ".join(diffs))
+            return [f"host veth {hname} does not exist"]
+        tables = {v: self.host.routes(v) for v in sorted({ip.version for ip in prev.ips})}
+        diffs = []
+        for ip in prev.ips:
+            dst = ipaddress.ip_network(ip.address.ip)
+            if not any(r.dst == dst and r.oif == host.index and r.proto == RTPROT_MOOR for r in tables[ip.version]):
+                diffs.append(f"host route {dst} dev {hname} proto moor missing")
+        return diffs
+
+    def _check_link(self, pod: RTNL, link: Link, prev: Result, idx) -> list[str]:
+        if link.kind != "veth":
+            return [f"{link.name} is a {link.kind or 'plain'} link, not veth"]
+        return [f"default route via {GATEWAY[v]} missing" for v in sorted({ip.version for ip in prev.ips})
+                if not any(r.dst == DEFAULT[v] and r.gateway == GATEWAY[v] for r in pod.routes(v))]
