@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import IO_FAILURE, CNIError
+from .errors import INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,3 +25,15 @@ def serve(run: Call) -> int:
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return code
+
+
+def error_reply(e: Exception, cni_version: str | None) -> tuple[bytes, int]:
+    """Any failure as spec JSON and exit code 1: never a traceback on stdout, where libcni reads."""
+    if isinstance(e, CNIError):
+        err = e
+    elif isinstance(e, OSError):
+        from .netlink.rtnl import NetlinkError  # loaded already whenever netlink could fail
+        err = CNIError(KERNEL_REFUSED if isinstance(e, NetlinkError) else IO_FAILURE, str(e))
+    else:
+        err = CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}")
+    return err.to_json(cni_version), 1

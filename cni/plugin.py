@@ -13,9 +13,8 @@ if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotation
 
 from . import config, version
 from .env import parse_env
-from .executable import serve
-from .errors import INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
-from .steps import InjectedFailure, Steps
+from .executable import error_reply, serve
+from .steps import Steps
 
 FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
 TIMING_ENV = "MOOR_TIMING"  # print per-step timings to stderr
@@ -67,15 +66,8 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
             return b"", 0
         finally:
             plugin.close()
-    except CNIError as e:
-        return e.to_json(cni_version), 1
-    except InjectedFailure as e:
-        return CNIError(INTERNAL, str(e)).to_json(cni_version), 1
-    except OSError as e:  # netlink (NetlinkError) and file-system failures
-        code = KERNEL_REFUSED if e.__class__.__name__ == "NetlinkError" else IO_FAILURE
-        return CNIError(code, str(e)).to_json(cni_version), 1
-    except Exception as e:  # never a traceback on stdout: libcni must get spec JSON
-        return CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}").to_json(cni_version), 1
+    except Exception as e:
+        return error_reply(e, cni_version)
     finally:
         if environ.get(TIMING_ENV):
             print(f"moor: {environ.get('CNI_COMMAND')} took {(time.perf_counter() - t0) * 1e3:.2f} ms; "

@@ -14,8 +14,8 @@ from dataclasses import replace
 from cni import config as netconfig
 from cni import version
 from cni.env import parse_env
-from cni.executable import serve
-from cni.errors import CHECK_FAILED, INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CNIError
+from cni.executable import error_reply, serve
+from cni.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CNIError
 from cni.result import IPConfig, Result, RouteConfig
 
 from . import policy
@@ -207,12 +207,8 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
             return b"", 0
         finally:
             store.close()
-    except CNIError as e:
-        return e.to_json(cni_version), 1
-    except OSError as e:
-        return CNIError(IO_FAILURE, str(e)).to_json(cni_version), 1
-    except Exception as e:  # never a traceback on stdout
-        return CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}").to_json(cni_version), 1
+    except Exception as e:
+        return error_reply(e, cni_version)
 
 
 def main() -> int:
