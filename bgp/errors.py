@@ -31,6 +31,3 @@ class BGPError(Exception):
         super().__init__(msg)
         self.code, self.subcode, self.data = code, subcode, data
 
-
-class TreatAsWithdraw(Exception):
-    """RFC 7606: the UPDATE's attributes are unusable; withdraw its NLRI, keep the session."""

@@ -17,7 +17,7 @@ import socket
 import sys
 
 from . import sockopt
-from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
+from .session import LocalConfig, PeerConfig, Received, Session
 
 log = logging.getLogger("moor.bgp")
 
@@ -74,9 +74,6 @@ class Speaker:
         if self.rib_out.pop(p, "absent") != "absent":
             for s in self.sessions.values():
                 s.changed(p, False)
-
-    def established(self) -> list[str]:
-        return [a for a, s in self.sessions.items() if s.state == ESTABLISHED]
 
     async def stop(self) -> None:
         for s in self.sessions.values():

@@ -7,7 +7,7 @@ Codes (moor's own): 110 explicit IP outside every pool, 111 IP held by another i
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from cni.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 
@@ -66,11 +66,6 @@ class Request:
     now: float = 0.0
     # whether an (active) reservation's sandbox is provably gone; the plugin checks its netns path
     sandbox_gone: Callable[[Reservation], bool] = _never_gone
-
-
-@dataclass
-class Released:
-    reservations: list[Reservation] = field(default_factory=list)
 
 
 def _free_for(res: Optional[Reservation], key: str, now: float, cooldown: float) -> bool:

@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import (ATTRIBUTE_FLAGS_ERROR, MALFORMED_ATTRIBUTE_LIST, OPTIONAL_ATTRIBUTE_ERROR,
-                      UNRECOGNIZED_WELL_KNOWN, UPDATE_MESSAGE, BGPError, TreatAsWithdraw)
+                      UNRECOGNIZED_WELL_KNOWN, UPDATE_MESSAGE, BGPError)
 from . import as_path, communities, local_pref, med, mp_reach, mp_unreach, next_hop, origin
 
 OPTIONAL, TRANSITIVE, PARTIAL, EXTENDED = 0x80, 0x40, 0x20, 0x10
@@ -109,4 +109,4 @@ def decode(data: bytes, four_octet: bool) -> tuple[dict, bool]:
     return attrs, withdraw
 
 
-__all__ = ["Raw", "encode", "decode", "TreatAsWithdraw"]
+__all__ = ["Raw", "encode", "decode"]

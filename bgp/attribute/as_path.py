@@ -27,12 +27,6 @@ class ASPath:
                     struct.pack(fmt, a if four_octet or a <= 0xFFFF else 23456) for a in chunk)
         return out
 
-    def length(self) -> int:
-        return sum(len(a) if t == AS_SEQUENCE else 1 for t, a in self.segments)
-
-    def first(self) -> int | None:
-        return self.segments[0][1][0] if self.segments and self.segments[0][1] else None
-
 
 def decode(data: bytes, four_octet: bool) -> ASPath:
     width = 4 if four_octet else 2

@@ -147,11 +147,6 @@ class RTNL:
             raise
         return self._parse_link(msgs[0]) if msgs else None
 
-    def links(self) -> list[Link]:
-        body = w.IFINFOMSG.pack(0, 0, 0, 0, 0)
-        return [self._parse_link(m) for m in self._request(w.RTM_GETLINK, w.NLM_F_DUMP, body, "dump links")
-                if m.type == w.RTM_NEWLINK]
-
     def link_add(self, name: str, kind: str, parent: int, data: bytes = b"", mac: str = "",
                  mtu: int = 0, netns_fd: int = -1, up: bool = False) -> None:
         """Create a link; with netns_fd it is created directly inside that netns (no move)."""
