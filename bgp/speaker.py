@@ -17,21 +17,94 @@ import socket
 import sys
 
 from . import sockopt
-from .session import LocalConfig, PeerConfig, Received, Session
+from .rib import Path, RibIn
+from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
+from .wire import AFI_IPV4, AFI_IPV6
 
 log = logging.getLogger("moor.bgp")
 
 
 class Speaker:
     def __init__(self, local: LocalConfig, peers: list[PeerConfig], listen: str = "0.0.0.0", port: int = 179,
-                 on_received=None, on_state=None):
+                 on_received=None, on_state=None, on_best=None, stale_time: float = 360.0):
         self.local = local
         self.listen, self.port = listen, port
         self.rib_out: dict = {}
-        self.sessions = {p.address: Session(local, p, self.rib_out, on_received, on_state) for p in peers}
+        self.rib_in = RibIn(on_best)
+        self.stale_time = stale_time  # bound on keeping a restarted peer's stale routes (RFC 4724 4.2)
+        self._user_received = on_received or (lambda r: None)
+        self._user_state = on_state or (lambda p, s: None)
+        self.sessions = {p.address: Session(local, p, self.rib_out, self._received, self._state, self._down)
+                         for p in peers}
+        if not ipaddress.ip_address(listen).is_unspecified:
+            for s in self.sessions.values():
+                s.bind_address = listen
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # peer -> when its stale routes go
+        self.synced = asyncio.Event()  # every peer sent End-of-RIB for every family once
+        self._eor_wanted: dict[str, set] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
 
+    # -- received routes and graceful-restart helper (RFC 4724 4.2) ------------------------------
+    def _received(self, rec: Received) -> None:
+        self.rib_in.update(rec.peer, [(p, Path(rec.peer, nh, rec.rank)) for p, nh in rec.announced], rec.withdrawn)
+        if rec.end_of_rib is not None:
+            afi = rec.end_of_rib[0]
+            gone = self.rib_in.sweep(rec.peer, 4 if afi == AFI_IPV4 else 6)
+            if gone:
+                log.info("peer %s: End-of-RIB, %d stale routes removed", rec.peer, gone)
+            wanted = self._eor_wanted.get(rec.peer)
+            if wanted is not None:
+                wanted.discard(rec.end_of_rib)
+                self._check_synced()
+            if rec.peer not in self.rib_in.stale:
+                self._cancel_timer(rec.peer)
+        self._user_received(rec)
+
+    def _state(self, peer: str, state: str) -> None:
+        if state == ESTABLISHED:
+            s = self.sessions[peer]
+            if peer not in self._eor_wanted or self._eor_wanted[peer]:
+                self._eor_wanted[peer] = set(s.families())
+            if peer in self.rib_in.stale:
+                self._cancel_timer(peer)
+                gr = s.peer_gr()
+                kept = {afi for afi, _safi, fwd in (gr.families if gr else ()) if fwd}
+                for afi, version in ((AFI_IPV4, 4), (AFI_IPV6, 6)):
+                    if afi not in kept:  # forwarding state not kept over the restart: stale is wrong
+                        self.rib_in.sweep(peer, version)
+                if peer in self.rib_in.stale:
+                    self._timer(peer, self.stale_time)
+        self._user_state(peer, state)
+
+    def _down(self, session: Session, graceful: bool) -> None:
+        peer = session.peer.address
+        gr = session.peer_gr()
+        n = self.rib_in.peer_down(peer, keep=graceful)
+        if graceful and gr is not None and n:
+            log.info("peer %s: restarting gracefully, %d routes kept stale for up to %d s", peer, n,
+                     gr.restart_time)
+            self._timer(peer, gr.restart_time)
+
+    def _timer(self, peer: str, seconds: float) -> None:
+        self._cancel_timer(peer)
+
+        def expire() -> None:
+            self._timers.pop(peer, None)
+            n = self.rib_in.sweep(peer)
+            log.warning("peer %s: stale routes expired, %d removed", peer, n)
+        self._timers[peer] = asyncio.get_running_loop().call_later(seconds, expire)
+
+    def _cancel_timer(self, peer: str) -> None:
+        t = self._timers.pop(peer, None)
+        if t is not None:
+            t.cancel()
+
+    def _check_synced(self) -> None:
+        if len(self._eor_wanted) == len(self.sessions) and not any(self._eor_wanted.values()):
+            self.synced.set()
+
+    # -- connections ---------------------------------------------------------------------------
     async def start(self) -> None:
         addr = ipaddress.ip_address(self.listen)
         lsock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
@@ -58,10 +131,7 @@ class Speaker:
             log.warning("connection from unconfigured %s refused", addr)
             writer.close()
             return
-        if session.busy():  # collision: keep the session we have (RFC 4271 6.8, simplified)
-            writer.close()
-            return
-        await session.serve(reader, writer)
+        await session.connected(reader, writer, outgoing=False)
 
     def announce(self, prefix, next_hop: str | None = None) -> None:
         p = ipaddress.ip_network(prefix)
@@ -75,11 +145,15 @@ class Speaker:
             for s in self.sessions.values():
                 s.changed(p, False)
 
-    async def stop(self) -> None:
+    async def stop(self, graceful: bool = False) -> None:
+        """Cease to every peer; `graceful`: close without NOTIFICATION so peers that do graceful
+        restart keep our routes while we restart."""
         for s in self.sessions.values():
-            await s.stop()
+            await s.stop(graceful=graceful)
         for t in self._tasks:
             t.cancel()
+        for peer in list(self._timers):
+            self._cancel_timer(peer)
         if self._server is not None:
             self._server.close()
 
