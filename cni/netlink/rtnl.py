@@ -52,6 +52,8 @@ class Route:
     proto: int = 0
     scope: int = 0
     table: int = w.RT_TABLE_MAIN
+    priority: int = 0
+    multipath: tuple = ()  # gateways of an ECMP route (RTA_MULTIPATH)
     extra: dict = field(default_factory=dict, repr=False)
 
 
@@ -261,6 +263,18 @@ class RTNL:
         body = self._route_body(dst, oif, gateway, proto, scope, onlink, table, priority)
         self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
 
+    def route_replace_multipath(self, dst: IPNet, gateways: list[IPAddr], proto: int,
+                                priority: int = 0, table: int = w.RT_TABLE_MAIN) -> None:
+        """Install or atomically replace an ECMP route over several gateways (each resolved by the
+        kernel to its interface), make-before-break like route_replace."""
+        body = self._route_body(dst, 0, None, proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
+        hops = b""
+        for gw in gateways:
+            a = w.attr(w.RTA_GATEWAY, gw.packed)
+            hops += w.RTNEXTHOP.pack(w.RTNEXTHOP.size + len(a), 0, 0, 0) + a
+        body += w.attr(w.RTA_MULTIPATH, hops)
+        self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
+
     def route_add(self, dst: IPNet, oif: int = 0, gateway: Optional[IPAddr] = None, proto: int = 4,
                   onlink: bool = False, table: int = w.RT_TABLE_MAIN) -> bool:
         """Add a route that must not displace another; False when one to dst already exists."""
@@ -274,9 +288,10 @@ class RTNL:
             raise
         return True
 
-    def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN) -> bool:
+    def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN,
+                  priority: int = 0) -> bool:
         # scope NOWHERE matches a route of any scope (the kernel compares the scope otherwise)
-        body = self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table)
+        body = self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table, priority)
         try:
             self._request(w.RTM_DELROUTE, 0, body, f"delete route {dst}")
         except NetlinkError as e:
@@ -308,4 +323,19 @@ def parse_route(m: w.Message) -> Optional[Route]:
     dst = ipaddress.ip_network((ipaddress.ip_address(a.get(w.RTA_DST, zero)), dlen))
     gw = ipaddress.ip_address(a[w.RTA_GATEWAY]) if w.RTA_GATEWAY in a else None
     return Route(dst=dst, oif=w.u32(a[w.RTA_OIF]) if w.RTA_OIF in a else 0, gateway=gw,
-                 proto=proto, scope=scope, table=tbl)
+                 proto=proto, scope=scope, table=tbl, priority=w.u32(a[w.RTA_PRIORITY]) if w.RTA_PRIORITY in a else 0,
+                 multipath=_nexthops(a.get(w.RTA_MULTIPATH, b"")))
+
+
+def _nexthops(data: bytes) -> tuple:
+    """The gateways in an RTA_MULTIPATH attribute (struct rtnexthop, each with its own attributes)."""
+    out, off = [], 0
+    while off + w.RTNEXTHOP.size <= len(data):
+        ln = w.RTNEXTHOP.unpack_from(data, off)[0]
+        if ln < w.RTNEXTHOP.size:
+            break
+        sub = w.parse_attrs(data[off + w.RTNEXTHOP.size:off + ln])
+        if w.RTA_GATEWAY in sub:
+            out.append(ipaddress.ip_address(sub[w.RTA_GATEWAY]))
+        off += (ln + 3) & ~3
+    return tuple(out)

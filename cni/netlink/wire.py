@@ -43,7 +43,8 @@ NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 
 # route attributes
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
+RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex; its attributes follow
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
@@ -52,6 +53,7 @@ RTNH_F_ONLINK = 4
 # moor's own route protocol numbers: the routing table is the contract with the agent.
 RTPROT_MOOR = 109  # pod routes the agent advertises (bgp mode)
 RTPROT_MOOR_SHIM = 110  # host-shim routes to local macvlan pods: never advertised
+RTPROT_MOOR_BGP = 111  # routes the agent learned over BGP and installed (installLearned)
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTATTR = struct.Struct("=HH")
