@@ -88,7 +88,6 @@ class Session:
         self._inbox: list[tuple[int, bytes]] = []
         self._wake = asyncio.Event()
         self._stopped = False
-        self._restarting = False
         self._dropped = False
         self._idle = asyncio.Event()  # no connection is being served
         self._idle.set()
@@ -139,6 +138,9 @@ class Session:
         except BaseException:
             sock.close()
             raise
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
     def busy(self) -> bool:
         return not self._idle.is_set()
@@ -205,7 +207,7 @@ class Session:
             log.warning("peer %s: %s", self.peer.address, e)
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
             log.info("peer %s: connection lost: %s", self.peer.address, e)
-            graceful = not self._dropped and (not self._stopped or self._restarting)
+            graceful = not self._dropped and not self._stopped  # we did not end it ourselves
         finally:
             writer.close()
             self.writer = None
@@ -219,7 +221,6 @@ class Session:
         """Administrative shutdown: Cease, then close. `graceful`: a restart, so close without a
         NOTIFICATION and the peer keeps our routes for the restart time (RFC 4724)."""
         self._stopped = True
-        self._restarting = graceful
         if self.writer is not None:
             if not graceful:
                 await self._send(notification.Notification(CEASE, subcode).encode())

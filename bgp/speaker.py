@@ -152,6 +152,10 @@ class Speaker:
             await s.stop(graceful=graceful)
         for t in self._tasks:
             t.cancel()
+        try:  # let every connection finish its own ending (state callbacks included)
+            await asyncio.wait_for(asyncio.gather(*(s.wait_idle() for s in self.sessions.values())), 5)
+        except asyncio.TimeoutError:
+            log.warning("a session did not close within 5 s")
         for peer in list(self._timers):
             self._cancel_timer(peer)
         if self._server is not None:

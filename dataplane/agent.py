@@ -174,6 +174,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             settling.cancel()
         graceful = gr_peers and graceful_stop is not None and graceful_stop.is_set()
         watch.stop(loop)
+        # the kernel's learned routes are frozen from here: all kept (a restart) or all flushed
+        speaker.rib_in.on_best = lambda prefix, hops: None
         await speaker.stop(graceful=graceful)
         if fib is not None:
             if not graceful:
