@@ -163,8 +163,13 @@ class Speaker:
 
 
 def _peer(text: str) -> PeerConfig:
-    """ADDRESS:ASN[:flag,flag...] with flags passive, gtsm, md5=PASSWORD."""
-    addr, _, rest = text.partition(":")
+    """ADDRESS:ASN[:flag,flag...] with flags passive, gtsm, md5=PASSWORD; an IPv6 address in
+    brackets: [2001:db8::1]:65000."""
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        rest = rest[1:]
+    else:
+        addr, _, rest = text.partition(":")
     asn, _, flags = rest.partition(":")
     fl = [f for f in flags.split(",") if f]
     password = next((f[4:] for f in fl if f.startswith("md5=")), "")
@@ -211,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bgp.speaker", description="moor's BGP speaker, standalone")
     ap.add_argument("--asn", type=int, required=True)
     ap.add_argument("--router-id", required=True)
-    ap.add_argument("--peer", action="append", default=[], help="ADDRESS:ASN[:passive,gtsm,md5=PASSWORD]")
+    ap.add_argument("--peer", action="append", default=[],
+                    help="ADDRESS:ASN[:passive,gtsm,md5=PASSWORD], IPv6 as [ADDRESS]:ASN")
     ap.add_argument("--announce", action="append", default=[], help="a prefix to advertise from the start")
     ap.add_argument("--listen", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=179)

@@ -14,7 +14,7 @@ fi
 PKGS=(
     python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 bpfcc-tools
     iproute2 iputils-ping tcpdump procps
-    containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd
+    containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd frr
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -44,7 +44,7 @@ fi
 
 # names for moor's route protocol numbers, so `ip route` shows "proto moor"
 mkdir -p /etc/iproute2/rt_protos.d
-printf '109\tmoor\n110\tmoor-shim\n' > /etc/iproute2/rt_protos.d/moor.conf
+printf '109\tmoor\n110\tmoor-shim\n111\tmoor-bgp\n' > /etc/iproute2/rt_protos.d/moor.conf
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
     rm -rf .venv
