@@ -19,9 +19,12 @@ from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
 from bgp.speaker import Speaker
 
+from . import metrics as metrics_server
 from . import restart
+from .api import server as api_server
 from .fib import Fib
 from .routewatch import RouteWatch
+from .view import AgentView, Component, ProbeConfig
 
 log = logging.getLogger("moord")
 
@@ -40,6 +43,11 @@ class AgentConfig:
     install_learned: bool = False
     stale_time: float = 360.0  # longest we keep a restarted peer's stale routes
     state_file: str = "/run/moor/moord-gr.json"
+    api_socket: str = "/run/moor/moord.sock"  # "": no API
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 9653  # 0: no metrics
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    ipam_config: str = ""  # the CNI network config whose moor-ipam reservations the API shows
 
 
 def _req(doc: dict, key: str, typ, where: str):
@@ -55,10 +63,33 @@ def _opt(doc: dict, key: str, typ, where: str, default):
     return _req(doc, key, typ, where) if doc.get(key) is not None else default
 
 
+def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
+    """Load the eBPF probes (compiling takes seconds: run off the event loop, after BGP is up).
+    A probe that cannot load is reported by the API and metrics; the agent runs on without it."""
+    try:
+        from .probe.drops import DropProbe
+        p = DropProbe()
+        p.start()
+        view.drops = p
+        view.components["probe.drops"] = Component("probe.drops", True, "kfree_skb and UDP receive-buffer drops")
+    except Exception as e:  # ProbeUnavailable, or bcc failing in its own ways
+        view.components["probe.drops"] = Component("probe.drops", False, str(e))
+        log.warning("drop probe not loaded: %s", e)
+    try:
+        from .probe.sessions import SessionProbe
+        sp = SessionProbe(max_sessions=conf.max_sessions)
+        sp.start()
+        view.sessions = sp
+        view.components["probe.sessions"] = Component("probe.sessions", True, "UDP/TCP sessions per pod")
+    except Exception as e:
+        view.components["probe.sessions"] = Component("probe.sessions", False, str(e))
+        log.warning("session probe not loaded: %s", e)
+
+
 def _mapping(doc: dict, key: str, where: str) -> dict:
     val = doc.get(key) or {}
     if not isinstance(val, dict):
-        raise ConfigError(f"{where}.{key} must be a mapping")
+        raise ConfigError(f"{where + '.' if where else ''}{key} must be a mapping")
     return val
 
 
@@ -118,12 +149,25 @@ def load(text: str) -> AgentConfig:
             blocks.append(ipaddress.ip_network(str(c)))
         except ValueError as e:
             raise ConfigError(f"bgp.advertise.blocks[{i}]: {e}") from e
+    api, met, pr, ipam = (_mapping(doc, k, "") for k in ("api", "metrics", "probe", "ipam"))
+    probe = ProbeConfig(enabled=_opt(pr, "enabled", bool, "probe", True),
+                        session_limit=_opt(pr, "sessionLimit", int, "probe", 0),
+                        session_aging_s=float(_opt(pr, "sessionAgingSeconds", int, "probe", 300)),
+                        max_sessions=_opt(pr, "maxSessions", int, "probe", 262144))
+    if probe.session_limit < 0 or probe.session_aging_s <= 0 or probe.max_sessions < 1024:
+        raise ConfigError("probe: sessionLimit must be >= 0, sessionAgingSeconds > 0, maxSessions >= 1024")
+    metrics_port = _opt(met, "port", int, "metrics", 9653)
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError("metrics.port must be 0..65535 (0 turns metrics off)")
     return AgentConfig(local=local, peers=peers, listen_address=_opt(b, "listenAddress", str, "bgp", "0.0.0.0"),
                        listen_port=_opt(b, "listenPort", int, "bgp", 179),
                        advertise_pod_routes=_opt(adv, "podRoutes", bool, "bgp.advertise", True),
                        advertise_blocks=blocks, install_learned=_opt(b, "installLearned", bool, "bgp", False),
                        stale_time=_opt(gr, "staleRoutesTime", int, "bgp.gracefulRestart", 360),
-                       state_file=_opt(gr, "stateFile", str, "bgp.gracefulRestart", "/run/moor/moord-gr.json"))
+                       state_file=_opt(gr, "stateFile", str, "bgp.gracefulRestart", "/run/moor/moord-gr.json"),
+                       api_socket=_opt(api, "socket", str, "api", "/run/moor/moord.sock"),
+                       metrics_address=_opt(met, "address", str, "metrics", "0.0.0.0"), metrics_port=metrics_port,
+                       probe=probe, ipam_config=_opt(ipam, "config", str, "ipam", ""))
 
 
 async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Event | None = None) -> None:
@@ -138,8 +182,12 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
     fib = Fib() if conf.install_learned else None
     if fib is not None and (n := fib.adopt()):
         log.info("adopted %d learned routes left by the previous agent", n)
+    view = AgentView(fib=fib, restarted=st.restarted, forwarding=st.forwarding, ipam_config=conf.ipam_config,
+                     probe_conf=conf.probe)
     speaker = Speaker(conf.local, conf.peers, conf.listen_address, conf.listen_port,
-                      on_best=fib.set if fib is not None else None, stale_time=conf.stale_time)
+                      on_best=fib.set if fib is not None else None, stale_time=conf.stale_time,
+                      on_state=view.peer_state)
+    view.speaker = speaker
     loop = asyncio.get_running_loop()
 
     def changed(route, present: bool) -> None:
@@ -167,11 +215,27 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
         if fib is not None and (n := fib.sweep_adopted()):
             log.info("removed %d learned routes no peer sends any more", n)
     settling = asyncio.ensure_future(settle()) if fib is not None and fib.adopted else None
+    api = await api_server.serve(view, conf.api_socket) if conf.api_socket else None
+    metrics = await metrics_server.serve(view, conf.metrics_address, conf.metrics_port) if conf.metrics_port else None
+    if conf.probe.enabled:
+        loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
+    else:
+        loading = None
+        view.components["probe"] = Component("probe", True, "disabled in moord's config")
     try:
         await stop.wait()
     finally:
         if settling is not None:
             settling.cancel()
+        if api is not None:
+            await api.stop(0.5)
+        if metrics is not None:
+            metrics.close()
+        if loading is not None:
+            await loading  # a thread cannot be cancelled; the probes close below
+        for probe in (view.drops, view.sessions):
+            if probe is not None:
+                probe.close()
         graceful = gr_peers and graceful_stop is not None and graceful_stop.is_set()
         watch.stop(loop)
         # the kernel's learned routes are frozen from here: all kept (a restart) or all flushed

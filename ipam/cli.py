@@ -24,22 +24,31 @@ from .config import IPAMConf, parse
 from .store import open_store
 
 
-def _load(path: str) -> tuple[dict, IPAMConf]:
+def read_netconf(path: str) -> tuple[dict, IPAMConf]:
+    """The network config file (a .conf, or a .conflist whose first moor-ipam plugin is used) and
+    its IPAM part; ValueError naming what is wrong."""
     try:
         with open(path) as f:
             doc = json.load(f)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"moor-ipam: cannot read {path}: {e}")
+        raise ValueError(f"cannot read {path}: {e}") from e
     if isinstance(doc.get("plugins"), list):  # a conflist: the plugin that uses moor-ipam
         plugin = next((p for p in doc["plugins"] if isinstance(p, dict)
                        and (p.get("ipam") or {}).get("type") == "moor-ipam"), None)
         if plugin is None:
-            raise SystemExit(f"moor-ipam: no plugin in {path} uses moor-ipam")
+            raise ValueError(f"no plugin in {path} uses moor-ipam")
         doc = dict(plugin, name=doc.get("name"), cniVersion=doc.get("cniVersion"))
     try:
         return doc, parse(doc)
     except CNIError as e:
-        raise SystemExit(f"moor-ipam: {path}: {e.msg}")
+        raise ValueError(f"{path}: {e.msg}") from e
+
+
+def _load(path: str) -> tuple[dict, IPAMConf]:
+    try:
+        return read_netconf(path)
+    except ValueError as e:
+        raise SystemExit(f"moor-ipam: {e}")
 
 
 def main(argv: list[str]) -> int:

@@ -72,6 +72,9 @@ bgp:
     - address: {TOR}
       asn: 65000
       communities: ["65000:42"]
+api: {{socket: {tmp / (name + ".sock")}}}
+metrics: {{port: 0}}
+probe: {{enabled: false}}
 """)
     return lab.spawn(node_ns, [sys.executable, "-m", "dataplane.agent", "--config", str(conf), "-v"], cwd=REPO,
                      stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"))

@@ -1,0 +1,95 @@
+"""moord's gRPC API on a unix socket that only root can open (the socket file is created 0600
+under a 0077 umask, so there is no window where others can connect)."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import grpc
+
+from ..view import AgentView
+from . import moor_pb2 as pb
+from . import moor_pb2_grpc as rpc
+
+
+def _pod(refs: dict, key: int) -> str:
+    ref = refs.get(key)
+    return ref.pod if ref is not None else ""
+
+
+class AgentService(rpc.AgentServicer):
+    def __init__(self, view: AgentView):
+        self.view = view
+
+    async def Health(self, request, context):
+        comps = self.view.health()
+        return pb.HealthReply(ok=all(c.ok for c in comps), started=self.view.started,
+                              restarted=self.view.restarted, forwarding=self.view.forwarding,
+                              components=[pb.Component(name=c.name, ok=c.ok, detail=c.detail) for c in comps])
+
+    async def BgpPeers(self, request, context):
+        return pb.BgpPeersReply(peers=[pb.BgpPeer(address=p.address, asn=p.asn, state=p.state, since=p.since,
+                                                  received=p.received, stale=p.stale,
+                                                  graceful_restart=p.graceful_restart, hold_time=p.hold_time)
+                                       for p in self.view.peers()])
+
+    async def BgpRoutes(self, request, context):
+        return pb.BgpRoutesReply(advertised=self.view.advertised(),
+                                 learned=[pb.Route(prefix=p, next_hops=list(h), installed=i)
+                                          for p, h, i in self.view.learned()])
+
+    async def Ipam(self, request, context):
+        rows, pools, err = await asyncio.to_thread(self.view.ipam)
+        return pb.IpamReply(error=err,
+                            reservations=[pb.Reservation(ip=r.ip, pool=r.pool, key=r.identity, pod=r.pod,
+                                                         container_id=r.container_id, state=r.state) for r in rows],
+                            pools=[pb.PoolUsage(cidr=c, size=n, active=a, held=h) for c, n, a, h in pools])
+
+    async def Drops(self, request, context):
+        stats, rcv, why = await asyncio.to_thread(self.view.drop_snapshot)
+        by_ino, _ = await asyncio.to_thread(self.view.pods)
+        return pb.DropsReply(
+            unavailable=why,
+            drops=[pb.Drop(reason=s.key.reason, netns=s.key.netns, ifindex=s.key.ifindex, proto=s.key.proto,
+                           saddr=s.key.saddr, daddr=s.key.daddr, sport=s.key.sport, dport=s.key.dport,
+                           fragment=s.key.fragment, frag_bytes=s.key.frag_bytes, packets=s.packets, bytes=s.bytes,
+                           pod=_pod(by_ino, s.key.netns)) for s in stats],
+            rcvbuf=[pb.RcvbufOverflow(netns=r.netns, proto=r.proto, laddr=r.laddr, lport=r.lport, rcvbuf=r.rcvbuf,
+                                      drops=r.drops, pod=_pod(by_ino, r.netns)) for r in rcv])
+
+    async def Sessions(self, request, context):
+        pr, stats, dropped, why = await asyncio.to_thread(self.view.session_snapshot)
+        if pr is None:
+            return pb.SessionsReply(unavailable=why)
+        _, by_cookie = await asyncio.to_thread(self.view.pods)
+
+        def sess(s) -> pb.Session:
+            f = s.flow
+            return pb.Session(netns_cookie=f.netns_cookie, proto=f.proto, saddr=f.saddr, sport=f.sport,
+                              daddr=f.daddr, dport=f.dport, first_seen=s.first_seen, last_seen=s.last_seen,
+                              pod=_pod(by_cookie, f.netns_cookie))
+        return pb.SessionsReply(
+            active=pr.active, limit=pr.limit, aging_s=pr.aging_s, growth_per_min=pr.growth_per_min, dropped=dropped,
+            by_netns=[pb.NetnsSessions(netns_cookie=c, active=n, pod=_pod(by_cookie, c))
+                      for c, n in sorted(pr.by_netns.items(), key=lambda kv: -kv[1])],
+            long_lived=[sess(s) for s in pr.long_lived],
+            sessions=[sess(s) for s in stats] if request.list else [])
+
+
+async def serve(view: AgentView, socket_path: str) -> grpc.aio.Server:
+    """Start the API; the caller stops it with `await server.stop(grace)`."""
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()  # a previous agent's socket: nothing listens on it any more
+    server = grpc.aio.server()
+    rpc.add_AgentServicer_to_server(AgentService(view), server)
+    old = os.umask(0o077)
+    try:
+        server.add_insecure_port(f"unix://{path}")
+        await server.start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server

@@ -1,0 +1,126 @@
+"""Prometheus metrics for moord, collected from the agent's view at scrape time, served on the
+agent's own asyncio loop (no exporter thread reading state the loop is changing)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .view import AgentView
+
+log = logging.getLogger("moord.metrics")
+
+STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established")
+
+
+class Collector:
+    def __init__(self, view: AgentView):
+        self.view = view
+
+    def collect(self):
+        v = self.view
+        up = GaugeMetricFamily("moor_component_up", "1 when the agent's component works", labels=["component"])
+        for c in v.health():
+            up.add_metric([c.name], 1 if c.ok else 0)
+        yield up
+
+        state = GaugeMetricFamily("moor_bgp_peer_state", "BGP session state (1 for the current one)",
+                                  labels=["peer", "state"])
+        received = GaugeMetricFamily("moor_bgp_peer_routes_received", "paths from the peer", labels=["peer"])
+        stale = GaugeMetricFamily("moor_bgp_peer_routes_stale", "paths kept over the peer's graceful restart",
+                                  labels=["peer"])
+        for p in v.peers():
+            for s in STATES:
+                state.add_metric([p.address, s], 1 if p.state == s else 0)
+            received.add_metric([p.address], p.received)
+            stale.add_metric([p.address], p.stale)
+        yield state
+        yield received
+        yield stale
+        yield GaugeMetricFamily("moor_bgp_routes_advertised", "routes in the adj-RIB-out", value=len(v.advertised()))
+        learned = v.learned()
+        yield GaugeMetricFamily("moor_bgp_routes_learned", "best learned routes", value=len(learned))
+        yield GaugeMetricFamily("moor_bgp_routes_installed", "learned routes in the kernel",
+                                value=sum(1 for *_x, i in learned if i))
+
+        _rows, pools, err = v.ipam()
+        if not err:
+            ipam = GaugeMetricFamily("moor_ipam_addresses", "addresses by pool and state", labels=["pool", "state"])
+            size = GaugeMetricFamily("moor_ipam_pool_size", "usable addresses in the pool", labels=["pool"])
+            for cidr, n, alloc, held in pools:
+                size.add_metric([cidr], n)
+                ipam.add_metric([cidr, "active"], alloc)
+                ipam.add_metric([cidr, "held"], held)
+            yield size
+            yield ipam
+
+        stats, rcv, why = v.drop_snapshot()
+        if not why:
+            by_ino, _ = v.pods()
+            drops = CounterMetricFamily("moor_drops", "packets the kernel dropped, by reason and pod",
+                                        labels=["reason", "pod"])
+            agg: dict = {}
+            for s in stats:
+                ref = by_ino.get(s.key.netns)
+                key = (s.key.reason, ref.pod if ref else f"netns:{s.key.netns}")
+                agg[key] = agg.get(key, 0) + s.packets
+            for (reason, pod), n in sorted(agg.items()):
+                drops.add_metric([reason, pod], n)
+            yield drops
+            rb = CounterMetricFamily("moor_udp_rcvbuf_drops", "datagrams dropped on a full socket receive buffer",
+                                     labels=["pod", "port", "rcvbuf"])
+            for r in rcv:
+                ref = by_ino.get(r.netns)
+                rb.add_metric([ref.pod if ref else f"netns:{r.netns}", str(r.lport), str(r.rcvbuf)], r.drops)
+            yield rb
+
+        pr, _s, dropped, why = v.session_snapshot()
+        if pr is not None:
+            _, by_cookie = v.pods()
+            yield GaugeMetricFamily("moor_sessions_active", "distinct 5-tuples seen within the VPC aging window",
+                                    value=pr.active)
+            yield GaugeMetricFamily("moor_sessions_limit", "the VPC session limit configured for the node",
+                                    value=pr.limit)
+            yield GaugeMetricFamily("moor_sessions_growth_per_minute", "change of active sessions per minute",
+                                    value=pr.growth_per_min)
+            yield GaugeMetricFamily("moor_sessions_long_lived", "active sessions that never aged out",
+                                    value=len(pr.long_lived))
+            yield CounterMetricFamily("moor_sessions_unrecorded", "sessions not recorded: the map was full",
+                                      value=dropped)
+            per = GaugeMetricFamily("moor_sessions_active_by_pod", "active sessions per pod", labels=["pod"])
+            for cookie, n in pr.by_netns.items():
+                ref = by_cookie.get(cookie)
+                per.add_metric([ref.pod if ref else f"netns:{cookie}"], n)
+            yield per
+
+
+def registry(view: AgentView) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(Collector(view))
+    return reg
+
+
+async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractServer:
+    """GET /metrics in the text exposition format; anything else is 404."""
+    reg = registry(view)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] == b"/metrics":
+                body, status = generate_latest(reg), b"200 OK"  # in the loop: it reads BGP state
+            else:
+                body, status = b"not found: try /metrics\n", b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                         + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("metrics scrape failed")
+        finally:
+            writer.close()
+    return await asyncio.start_server(handle, address, port)

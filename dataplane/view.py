@@ -1,0 +1,175 @@
+"""What the agent knows, read by its API and its metrics: BGP peers and routes, IPAM reservations,
+and the probe's drops and sessions attributed to pods. One place, so `netdiag` over the API and a
+Prometheus scrape never disagree."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from bgp.session import ESTABLISHED
+from ipam.reservation import ACTIVE, HELD
+
+log = logging.getLogger("moord.view")
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = True
+    session_limit: int = 0  # the VPC's session table limit for this node (0: unknown)
+    session_aging_s: float = 300.0  # how long the VPC keeps an idle UDP session
+    max_sessions: int = 262144  # the session map's size
+
+
+@dataclass
+class Component:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class PeerView:
+    address: str
+    asn: int
+    state: str
+    since: float
+    received: int
+    stale: int
+    graceful_restart: bool
+    hold_time: int
+
+
+@dataclass
+class PodRef:
+    pod: str  # namespace/name
+    netns: str  # path
+
+
+@dataclass
+class AgentView:
+    speaker: object = None
+    fib: object = None
+    restarted: bool = False
+    forwarding: bool = False
+    started: float = field(default_factory=time.time)
+    ipam_config: str = ""  # the CNI network config file moor-ipam uses
+    probe_conf: ProbeConfig = field(default_factory=ProbeConfig)
+    drops: object = None  # dataplane.probe.drops.DropProbe, when loaded
+    sessions: object = None  # dataplane.probe.sessions.SessionProbe, when loaded
+    components: dict = field(default_factory=dict)  # name -> Component
+    state_since: dict = field(default_factory=dict)  # peer -> unix time of its last state change
+    session_history: list = field(default_factory=list)  # (time, active) for the growth rate
+    _pods: tuple = (0.0, {}, {})  # (read at, netns inode -> PodRef, netns cookie -> PodRef)
+
+    # -- BGP -----------------------------------------------------------------------------------
+    def peer_state(self, peer: str, state: str) -> None:
+        self.state_since[peer] = time.time()
+
+    def peers(self) -> list[PeerView]:
+        out = []
+        if self.speaker is None:
+            return out
+        rib = self.speaker.rib_in
+        received: dict[str, int] = {}
+        for by in list(rib.paths.values()):
+            for peer in list(by):
+                received[peer] = received.get(peer, 0) + 1
+        for addr, s in self.speaker.sessions.items():
+            out.append(PeerView(addr, s.peer.asn, s.state, self.state_since.get(addr, self.started),
+                                received.get(addr, 0), len(rib.stale.get(addr, ())),
+                                s.state == ESTABLISHED and s.peer_gr() is not None, s.hold))
+        return out
+
+    def advertised(self) -> list[str]:
+        return sorted(str(p) for p in list(self.speaker.rib_out)) if self.speaker is not None else []
+
+    def learned(self) -> list[tuple[str, tuple[str, ...], bool]]:
+        if self.speaker is None:
+            return []
+        installed = self.fib.installed if self.fib is not None else {}
+        return [(str(p), hops, p in installed) for p, hops in sorted(list(self.speaker.rib_in.best.items()),
+                                                                      key=lambda kv: (kv[0].version, kv[0]))]
+
+    # -- IPAM ----------------------------------------------------------------------------------
+    def ipam(self) -> tuple[list, list[tuple[str, int, int, int]], str]:
+        """(reservations, [(pool cidr, size, active, held)], error)."""
+        if not self.ipam_config:
+            return [], [], "no ipam.config in moord's config: reservations are not visible"
+        from ipam.cli import read_netconf
+        from ipam.store import open_store
+        try:
+            _doc, conf = read_netconf(self.ipam_config)
+            store = open_store(conf)
+        except (ValueError, OSError) as e:
+            return [], [], str(e)
+        try:
+            rows = sorted(store.transact(conf.network, lambda v: v.values()), key=lambda r: r.ip)
+        except Exception as e:  # a store error is reported, never fatal to the agent
+            return [], [], f"reading reservations: {e}"
+        finally:
+            store.close()
+        pools = []
+        for p in conf.pools:
+            mine = [r for r in rows if ipaddress.ip_address(r.ip) in p.cidr]
+            size = p.size()
+            if size <= 1 << 16:  # exact for pools a node counts; big IPv6 ranges keep the raw size
+                size = sum(p.usable(type(p.start)(i)) for i in range(int(p.start), int(p.end) + 1))
+            pools.append((str(p.cidr), size, sum(r.state == ACTIVE for r in mine),
+                          sum(r.state == HELD for r in mine)))
+        return rows, pools, ""
+
+    def pods(self) -> tuple[dict, dict]:
+        """netns inode -> PodRef and netns cookie -> PodRef, from the IPAM reservations (cached 5 s)."""
+        at, by_ino, by_cookie = self._pods
+        if time.monotonic() - at < 5:
+            return by_ino, by_cookie
+        by_ino, by_cookie = {}, {}
+        rows, _pools, _err = self.ipam()
+        cookie = None
+        if self.sessions is not None:
+            from .probe.sessions import netns_cookie as cookie
+        for r in rows:
+            if not r.netns or not r.pod:
+                continue
+            ref = PodRef(r.pod, r.netns)
+            try:
+                by_ino[os.stat(r.netns).st_ino] = ref
+                if cookie is not None:
+                    by_cookie[cookie(r.netns)] = ref
+            except OSError:
+                continue  # the pod's netns is gone
+        self._pods = (time.monotonic(), by_ino, by_cookie)
+        return by_ino, by_cookie
+
+    # -- probe ---------------------------------------------------------------------------------
+    def drop_snapshot(self) -> tuple[list, list, str]:
+        if self.drops is None:
+            c = self.components.get("probe.drops")
+            return [], [], c.detail if c else "the probe is disabled in moord's config"
+        stats, rcv = self.drops.snapshot()
+        return stats, rcv, ""
+
+    def session_snapshot(self):
+        """(Pressure, sessions, dropped, unavailable)."""
+        if self.sessions is None:
+            c = self.components.get("probe.sessions")
+            return None, [], 0, c.detail if c else "the probe is disabled in moord's config"
+        from .probe.sessions import pressure
+        stats = self.sessions.snapshot()
+        now = time.time()
+        pr = pressure(stats, now, self.probe_conf.session_aging_s, self.probe_conf.session_limit,
+                      self.session_history)
+        self.session_history.append((now, pr.active))
+        del self.session_history[:-120]
+        return pr, stats, self.sessions.dropped(), ""
+
+    def health(self) -> list[Component]:
+        out = list(self.components.values())
+        if self.speaker is not None:
+            up = sum(s.state == ESTABLISHED for s in self.speaker.sessions.values())
+            out.insert(0, Component("bgp", up == len(self.speaker.sessions) or not self.speaker.sessions,
+                                    f"{up}/{len(self.speaker.sessions)} peers Established"))
+        return out
