@@ -139,3 +139,28 @@ def test_a_notification_is_not_a_graceful_restart():
         finally:
             await a.stop()
     asyncio.run(main())
+
+
+def test_one_speaker_serves_many_peers_on_one_loop():
+    async def main():
+        n = 24
+        hub_port = free_port(A)
+        addrs = [f"127.0.1.{i}" for i in range(1, n + 1)]
+        hub = Speaker(LocalConfig(asn=65001, router_id="192.0.2.1", hold_time=9, connect_retry_s=0.2),
+                      [PeerConfig(a, 65100 + i, passive=True) for i, a in enumerate(addrs)], A, hub_port)
+        spokes = [Speaker(LocalConfig(asn=65100 + i, router_id=f"198.51.100.{i + 1}", hold_time=9, connect_retry_s=0.2),
+                          [PeerConfig(A, 65001, port=hub_port)], a, free_port(a)) for i, a in enumerate(addrs)]
+        hub.announce(P, HOP)
+        for i, s in enumerate(spokes):
+            s.announce(ipaddress.ip_network(f"203.0.113.{100 + i}/32"), HOP)
+        await hub.start()
+        for s in spokes:
+            await s.start()
+        try:
+            await until(lambda: all(P in s.rib_in.best for s in spokes), "every spoke to learn the hub's route")
+            await until(lambda: len(hub.rib_in.best) == n, "the hub to learn every spoke's route")
+            assert all(s.state == ESTABLISHED for s in hub.sessions.values())
+        finally:
+            for s in [hub, *spokes]:
+                await s.stop()
+    asyncio.run(main())
