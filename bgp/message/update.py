@@ -69,23 +69,25 @@ def decode(body: bytes, four_octet: bool) -> Update:
 def encode_updates(attrs: list, nlri: list[Prefix], four_octet: bool, withdrawn: list[Prefix] = ()) -> list[bytes]:
     """IPv4 routes in as few UPDATEs as fit 4096 bytes, all sharing `attrs` (which carry NEXT_HOP)."""
     abytes = attribute.encode(attrs, four_octet) if nlri else b""
-    out = []
-    w = [encode_prefix(p) for p in withdrawn]
-    n = [encode_prefix(p) for p in nlri]
     room = MAX_LEN - HEADER_LEN - 4
-    while w:
-        chunk, size = [], 0
-        while w and size + len(w[0]) <= room:
-            size += len(w[0])
-            chunk.append(w.pop(0))
-        out.append(frame(UPDATE, struct.pack("!H", size) + b"".join(chunk) + b"\0\0"))
-    while n:
-        chunk, size = [], 0
-        while n and size + len(n[0]) <= room - len(abytes):
-            size += len(n[0])
-            chunk.append(n.pop(0))
-        out.append(frame(UPDATE, b"\0\0" + struct.pack("!H", len(abytes)) + abytes + b"".join(chunk)))
+    out = [frame(UPDATE, struct.pack("!H", len(chunk)) + chunk + b"\0\0")
+           for chunk in _pack([encode_prefix(p) for p in withdrawn], room)]
+    out += [frame(UPDATE, b"\0\0" + struct.pack("!H", len(abytes)) + abytes + chunk)
+            for chunk in _pack([encode_prefix(p) for p in nlri], room - len(abytes))]
     return out
+
+
+def _pack(encoded: list[bytes], room: int) -> list[bytes]:
+    """Consecutive encoded prefixes joined into chunks of at most `room` bytes (linear time)."""
+    chunks, start, size = [], 0, 0
+    for i, e in enumerate(encoded):
+        if size + len(e) > room:
+            chunks.append(b"".join(encoded[start:i]))
+            start, size = i, 0
+        size += len(e)
+    if start < len(encoded):
+        chunks.append(b"".join(encoded[start:]))
+    return chunks
 
 
 def encode_mp(afi: int, safi: int, attrs: list, next_hops: tuple, nlri: list[Prefix], four_octet: bool,
