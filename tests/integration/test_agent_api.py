@@ -62,6 +62,15 @@ def test_api_and_metrics_show_peers_routes_reservations_and_what_is_unavailable(
             assert "disabled" in c.sessions().unavailable
             assert isinstance(c.call("Health"), pb.HealthReply)
 
+        # netdiag through the agent: BGP and IPAM as moord sees them, and what it cannot see
+        nd = [sys.executable, "-m", "dataplane.netdiag", "--source", "agent", "--agent-socket", str(sock)]
+        doc = json.loads(lab.run(node, *nd, "bgp", "--json").stdout)
+        assert doc["peers"][0]["address"] == "192.0.2.1" and ip in doc["advertised"]
+        table = lab.run(node, *nd, "ipam").stdout.decode()
+        assert "shop/cart-0" in table and ip.split("/")[0] in table
+        drops = lab.run(node, *nd, "drops").stdout.decode()
+        assert "disabled in moord's config" in drops
+
         text = lab.run(node, sys.executable, "-c", FETCH, "http://127.0.0.1:9653/metrics").stdout.decode()
         assert 'moor_bgp_peer_state{peer="192.0.2.1",state="Established"} 0.0' in text
         assert "moor_bgp_routes_advertised 1.0" in text

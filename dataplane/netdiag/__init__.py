@@ -1,0 +1,1 @@
+"""netdiag: the CLI that finds where and why packets are dropped (see cli.py for the commands)."""

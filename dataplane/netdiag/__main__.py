@@ -1,0 +1,6 @@
+"""python -m dataplane.netdiag ..."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
