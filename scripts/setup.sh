@@ -13,7 +13,7 @@ fi
 
 PKGS=(
     python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 bpfcc-tools
-    iproute2 iputils-ping tcpdump procps
+    iproute2 iputils-ping tcpdump procps iperf3
     containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd frr
 )
 missing=()
@@ -27,15 +27,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# bcc compiles against /lib/modules/$(uname -r)/build; the installed headers may belong to another
-# kernel (the probe reads struct offsets from BTF, never from these headers).
+# bcc compiles against /lib/modules/$(uname -r)/build and reads the tree in .../source; the installed
+# headers may belong to another kernel (the probe reads struct offsets from BTF, never from these
+# headers). Debian splits them: build -> linux-headers-X-amd64 (config, generated headers), source ->
+# linux-headers-X-common (the tree with include/linux/kconfig.h).
 KREL=$(uname -r)
-if [ ! -e "/lib/modules/$KREL/build/Makefile" ]; then
-    HDR=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)
-    if [ -n "$HDR" ]; then
-        mkdir -p "/lib/modules/$KREL"
-        ln -sfn "$HDR" "/lib/modules/$KREL/build"
-        ln -sfn "$HDR" "/lib/modules/$KREL/source"
+HDR=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)
+if [ -n "$HDR" ]; then
+    COMMON=${HDR%-amd64}-common
+    mkdir -p "/lib/modules/$KREL"
+    [ -e "/lib/modules/$KREL/build/Makefile" ] || ln -sfn "$HDR" "/lib/modules/$KREL/build"
+    if [ ! -e "/lib/modules/$KREL/source/include/linux/kconfig.h" ] && [ -e "$COMMON/include/linux/kconfig.h" ]; then
+        ln -sfn "$COMMON" "/lib/modules/$KREL/source"
     fi
 fi
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then

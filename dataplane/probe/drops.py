@@ -1,0 +1,505 @@
+"""Kernel packet drops with their reasons, per network namespace, device and flow, and UDP sockets
+whose receive buffer overflowed — counted in the kernel by eBPF (bcc), read by snapshot().
+
+Sources
+  * skb:kfree_skb (every kfree_skb_reason() that is not a normal consume), attached raw by default
+    (its arguments skb, reason, rx_sk at the positions the BTF typedef btf_trace_kfree_skb gives;
+    cheaper: no perf record is built per event), or as the classic tracepoint (attach="tracepoint",
+    and when BTF lacks the typedef), whose record is read at the offsets of its tracefs format file.
+    The skb behind it is read at offsets from the running kernel's BTF. Counted per DropKey in a
+    bounded hash map (max_flows entries); a drop that finds the map full is added to an overflow
+    counter instead (overflow()), so nothing is lost silently and old keys are never evicted.
+  * raw tracepoint udp_fail_queue_rcv_skb (its argument positions from the BTF typedef
+    btf_trace_udp_fail_queue_rcv_skb; the classic record carries no socket): the socket that could
+    not queue a datagram, with its sk_rcvbuf, namespace, local address and port. Only rc == -ENOMEM
+    is counted there (the datagram did not fit in sk_rcvbuf: drop reason SOCKET_RCVBUFF); -ENOBUFS
+    is the protocol's global memory limit (udp_mem, reason PROTO_MEM), which a bigger SO_RCVBUF does
+    not cure: it shows in the drop counts with that reason.
+
+Attribution (DropKey.netns / ifindex)
+  * skb->dev gives the device and its namespace (dev->nd_net.net->ns.inum). Without a device, or
+    when the device's namespace disagrees with the socket's (skb->dev shares a union with the
+    rbtree links of skbs in a TCP out-of-order queue, so it is not always a device), the namespace
+    of the socket is used (the tracepoint's rx_sk, else skb->sk) and ifindex is 0. With neither
+    (e.g. the fragments queued inside a reassembled datagram, freed with it), both are 0.
+  * Flow fields come from the packet itself: skb->head + skb->network_header, checked against
+    skb->protocol and the version nibble; IPv4 options and IPv6 extension headers (hop-by-hop,
+    routing, destination options, AH, fragment) are walked. Non-first fragments have no ports.
+    frag_bytes is bytes 2-3 after the IPv4 header, or after the IPv6 fragment header (the first
+    bytes of the fragment's payload, the analogue for IPv6), for first and later fragments alike.
+  * bytes is the IP length of the packet (IPv4 total length, IPv6 payload length + 40), else skb->len.
+
+What is not counted
+  * SKB_CONSUMED: normal frees. On 6.x kernels kfree_skb_reason(skb, SKB_CONSUMED) fires
+    skb:consume_skb, not skb:kfree_skb, so this is only a guard for kernels that still route it here.
+  * Reasons named in `ignore` (none by default). NOT_SPECIFIED is kept: it is what every plain
+    kfree_skb() reports — real drops on paths without a reason yet, next to frees that are not
+    losses (seen here: ICMPv6 MLD reports and router solicitations a host does not act on, and the
+    fragments of a reassembled datagram freed after the datagram itself was counted); hiding it
+    would hide drops, so consumers filter it (by reason, or netns 0) where they want.
+
+Names of reasons come from the running kernel's BTF enum skb_drop_reason (prefix SKB_DROP_REASON_
+removed: "NO_SOCKET"), or, without that enum, from the tracepoint's __print_symbolic table: never
+from a number table of our own, since the numbers differ between kernels.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .btf import Btf, BtfError
+from .errors import ProbeUnavailable
+
+BPF_SOURCE = Path(__file__).with_name("drops.bpf.c")
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+MAX_FLOWS = 65536
+MAX_SOCKS = 16384
+IGNORE_SLOTS = 1024
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+
+
+@dataclass(frozen=True)
+class DropKey:
+    reason: str
+    netns: int          # inode of the network namespace (net->ns.inum), 0 when unknown
+    ifindex: int        # 0 when unknown
+    proto: int          # IP protocol, 0 if not IP
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    fragment: bool
+    frag_bytes: str     # hex of the 2 bytes at offsets 2-3 after the IP header (IPv6: after the
+                        # fragment header), for fragments (non-first fragments included), else ''
+
+
+@dataclass
+class DropStat:
+    key: DropKey
+    packets: int
+    bytes: int          # IP packet length (total length) when parsed as IP, else skb->len
+
+
+@dataclass(frozen=True)
+class RcvbufStat:
+    netns: int
+    proto: int
+    laddr: str
+    lport: int
+    rcvbuf: int         # the socket's sk_rcvbuf in bytes (as SO_RCVBUF reads it), at the last drop
+    drops: int
+
+
+def short_reason(name: str) -> str:
+    for prefix in ("SKB_DROP_REASON_", "SKB_"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def tracefs_event_dir(category: str, event: str) -> Optional[Path]:
+    for base in TRACEFS_DIRS:
+        d = Path(base) / "events" / category / event
+        if (d / "format").exists():
+            return d
+    return None
+
+
+@dataclass(frozen=True)
+class TpField:
+    ctype: str
+    offset: int
+    size: int
+
+
+def parse_format(text: str) -> tuple[dict[str, TpField], dict[int, str]]:
+    """The fields of a tracefs format file and the first __print_symbolic table in its print fmt."""
+    fields: dict[str, TpField] = {}
+    for m in re.finditer(r"field:([^;]*?)\s*([A-Za-z_][A-Za-z0-9_]*)(\[[^\]]*\])?;\s*offset:(\d+);\s*size:(\d+);", text):
+        fields[m.group(2)] = TpField(m.group(1).strip(), int(m.group(4)), int(m.group(5)))
+    symbols: dict[int, str] = {}
+    sym = re.search(r"__print_symbolic\([^,]*,(.*?)\)\s*(?:,|$)", text, re.S)
+    if sym:
+        for m in re.finditer(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*,\s*\"([^\"]*)\"\s*\}", sym.group(1)):
+            symbols[int(m.group(1), 0)] = m.group(2)
+    return fields, symbols
+
+
+class DropProbe:
+    """Drop reasons and UDP receive-buffer overflow, counted in the kernel.
+
+    start() compiles and attaches (ProbeUnavailable with the reason when it cannot), snapshot()
+    returns the counts since start, close() detaches. `limitations` lists what runs in a reduced
+    form (e.g. no receive-buffer tracking on a kernel without the raw tracepoint).
+    """
+
+    def __init__(self, btf_path: str = "/sys/kernel/btf/vmlinux", ignore: Iterable[str] = (),
+                 max_flows: int = MAX_FLOWS, max_socks: int = MAX_SOCKS, attach: str = "auto"):
+        if attach not in ("auto", "raw", "tracepoint"):
+            raise ValueError(f"attach must be auto, raw or tracepoint, not {attach!r}")
+        self.attach = attach
+        self.attached_as = ""
+        self.btf_path = btf_path
+        self.ignore = {short_reason(r) for r in ignore}
+        self.max_flows = max_flows
+        self.max_socks = max_socks
+        self.limitations: list[str] = []
+        self._bpf = None
+        self._reasons: dict[int, str] = {}
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _offsets(self, btf: Btf) -> dict[str, int]:
+        """Every kernel-struct offset the BPF C reads, checked for the width the C reads there,
+        and the windows (first to last field of one struct) that the C reads in one go."""
+        want = {
+            # define: (struct, member path, size the C reads; 0 = a pointer)
+            "SKB_PROTOCOL": ("sk_buff", "protocol", 2),
+            "SKB_HEAD": ("sk_buff", "head", 0),
+            "SKB_NETWORK_HEADER": ("sk_buff", "network_header", 2),
+            "SKB_LEN": ("sk_buff", "len", 4),
+            "SKB_DEV": ("sk_buff", "dev", 0),
+            "SKB_SK": ("sk_buff", "sk", 0),
+            "DEV_IFINDEX": ("net_device", "ifindex", 4),
+            "DEV_NET": ("net_device", "nd_net.net", 0),
+            "NET_INUM": ("net", "ns.inum", 4),
+            "SK_NET": ("sock", "__sk_common.skc_net.net", 0),
+            "SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
+            "SK_NUM": ("sock", "__sk_common.skc_num", 2),
+            "SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr", 4),
+            "SK_RCVBUF": ("sock", "sk_rcvbuf", 4),
+        }
+        optional = {
+            "SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
+            "SK_PROTOCOL": ("sock", "sk_protocol", 2),
+        }
+        out: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        for table, required in ((want, True), (optional, False)):
+            for define, (struct_name, path, size) in table.items():
+                try:
+                    m = btf.member(struct_name, path)
+                    if m.bitfield_size or m.bit_offset % 8:
+                        raise BtfError(f"{struct_name}.{path} is a bitfield here")
+                    if not size and not btf.type_name(m.type_id).endswith("*"):
+                        raise BtfError(f"{struct_name}.{path} is not a pointer here ({btf.type_name(m.type_id)})")
+                    expect = size or 8
+                    if m.size != expect:
+                        raise BtfError(f"{struct_name}.{path} is {m.size} bytes here, the probe reads {expect}")
+                except BtfError as e:
+                    if required:
+                        raise ProbeUnavailable(f"kernel BTF does not fit the drop probe: {e}") from e
+                    self.limitations.append(f"{define}: {e}")
+                    continue
+                out[define] = m.offset
+                sizes[define] = m.size
+
+        def window(name: str, members: list[str], limit: Optional[int]) -> None:
+            present = [d for d in members if d in out]
+            start = min(out[d] for d in present) & ~7
+            length = (max(out[d] + sizes[d] for d in present) - start + 7) & ~7
+            if limit is not None and length > limit:
+                raise ProbeUnavailable(f"kernel layout: the fields the probe reads from {name} span "
+                                       f"{length} bytes (more than {limit})")
+            out[f"{name}_WIN_START"], out[f"{name}_WIN_LEN"] = start, length
+
+        window("SKB", [d for d in out if d.startswith("SKB_")], 256)
+        window("DEV", ["DEV_IFINDEX", "DEV_NET"], None)      # the C reads them apart beyond 128 bytes
+        window("SKC", ["SK_NET", "SK_FAMILY", "SK_NUM", "SK_RCV_SADDR", "SK_V6_RCV_SADDR"], 256)
+        return out
+
+    def _udp_fail_args(self, btf: Btf) -> Optional[tuple[int, int]]:
+        """Positions of (rc, sk) among the raw tracepoint's arguments, from its BTF typedef."""
+        ids = btf.find("btf_trace_udp_fail_queue_rcv_skb", (8,))  # BTF_KIND_TYPEDEF
+        if not ids:
+            return None
+        params = [btf.type_name(t) for _n, t in btf.func_proto_params(ids[0])][1:]  # [0] is void *__data
+        try:
+            return params.index("int"), params.index("struct sock *")
+        except ValueError:
+            return None
+
+    def _reason_names(self, btf: Optional[Btf], symbols: dict[int, str]) -> dict[int, str]:
+        if btf is not None:
+            try:
+                values = btf.enum("skb_drop_reason")
+            except BtfError:
+                values = {}
+            names = {v: short_reason(n) for v, n in values.items()
+                     if not n.endswith("_SUBSYS_MASK")}
+            if names:
+                return names
+        return {v: short_reason(n) for v, n in symbols.items()}
+
+    def _kfree_skb_raw_args(self, btf: Btf) -> Optional[dict[str, int]]:
+        """Positions of skb, reason and rx_sk among trace_kfree_skb()'s arguments (BTF typedef
+        btf_trace_kfree_skb), or None when this kernel's BTF does not describe them."""
+        ids = btf.find("btf_trace_kfree_skb", (8,))  # BTF_KIND_TYPEDEF
+        if not ids:
+            return None
+        try:
+            params = [btf.type_name(t) for _n, t in btf.func_proto_params(ids[0])][1:]
+        except BtfError:
+            return None
+        if "struct sk_buff *" not in params or "enum skb_drop_reason" not in params:
+            return None
+        out = {"KFS_SKB_ARG": params.index("struct sk_buff *"),
+               "KFS_REASON_ARG": params.index("enum skb_drop_reason")}
+        if "struct sock *" in params:
+            out["KFS_RX_SK_ARG"] = params.index("struct sock *")
+        return out
+
+    def _tracepoint_defines(self, fields: dict[str, TpField]) -> dict[str, int]:
+        """Offsets in the skb:kfree_skb record, from its format file."""
+        for name, size in (("skbaddr", 8), ("protocol", 2), ("reason", 4)):
+            f = fields.get(name)
+            if f is None:
+                raise ProbeUnavailable(f"tracepoint skb:kfree_skb has no field {name!r} "
+                                       "(drop reasons need Linux 5.17 or later)")
+            if f.size != size:
+                raise ProbeUnavailable(f"tracepoint skb:kfree_skb field {name!r} is {f.size} bytes, expected {size}")
+        out = {"TP_SKBADDR": fields["skbaddr"].offset, "TP_PROTOCOL": fields["protocol"].offset,
+               "TP_REASON": fields["reason"].offset}
+        rx = fields.get("rx_sk")
+        if rx is not None and rx.size == 8:
+            out["TP_RX_SK"] = rx.offset
+        return out
+
+    def start(self) -> "DropProbe":
+        if self._bpf is not None:
+            return self
+        self.limitations = []
+        try:
+            from bcc import BPF  # Debian's python3-bpfcc
+        except ImportError as e:
+            raise ProbeUnavailable(f"bcc is not installed (python3-bpfcc): {e}") from e
+        if os.geteuid() != 0:
+            raise ProbeUnavailable("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON)")
+        try:
+            btf = Btf.load(self.btf_path)
+        except BtfError as e:
+            raise ProbeUnavailable(f"no kernel BTF: {e}") from e
+        tp_dir = tracefs_event_dir("skb", "kfree_skb")
+        fields, symbols = parse_format((tp_dir / "format").read_text()) if tp_dir else ({}, {})
+        self._reasons = self._reason_names(btf, symbols)
+        if not self._reasons:
+            raise ProbeUnavailable("no enum skb_drop_reason in BTF and no kfree_skb format: "
+                                   "this kernel has no drop reasons (Linux 5.17 or later has)")
+        by_name = {n: v for v, n in self._reasons.items()}
+
+        defines: dict[str, int] = {
+            "REASON_CONSUMED": by_name.get("CONSUMED", 0xFFFFFFFF),
+            "ERR_NOMEM": errno.ENOMEM,
+            "AF_INET_": socket.AF_INET,
+            "AF_INET6_": socket.AF_INET6,
+            "ETH_P_IP_": ETH_P_IP,
+            "ETH_P_IPV6_": ETH_P_IPV6,
+            "MAX_FLOWS": self.max_flows,
+            "MAX_SOCKS": self.max_socks,
+            "IGNORE_SLOTS": IGNORE_SLOTS,
+        }
+        defines.update(self._offsets(btf))
+        raw = self._kfree_skb_raw_args(btf) if self.attach in ("auto", "raw") else None
+        if raw is not None:
+            defines.update(raw)
+            defines["KFS_RAW"] = 1
+            self.attached_as = "raw_tracepoint"
+        elif self.attach == "raw":
+            raise ProbeUnavailable("no BTF typedef btf_trace_kfree_skb(skb, ..., reason): cannot attach raw")
+        else:
+            if tp_dir is None:
+                raise ProbeUnavailable("tracepoint skb:kfree_skb not found (is tracefs mounted at /sys/kernel/tracing?)")
+            defines.update(self._tracepoint_defines(fields))
+            self.attached_as = "tracepoint"
+        udp_args = self._udp_fail_args(btf)
+        if udp_args is None:
+            self.limitations.append("no raw tracepoint udp_fail_queue_rcv_skb(rc, sk) in BTF: "
+                                    "no per-socket receive-buffer counts")
+        defines["UDPF_RC_ARG"], defines["UDPF_SK_ARG"] = udp_args or (0, 1)
+        if self.ignore:
+            defines["HAVE_IGNORE"] = 1
+        cflags = [f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"]
+
+        env, extra, problem = self._kernel_build()
+        if problem:
+            raise ProbeUnavailable(problem)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags + extra)
+        except Exception as e:  # bcc raises bare Exception on compile/load errors
+            raise ProbeUnavailable(f"BPF program did not compile or load: {e}") from e
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        try:
+            ignored = bpf[b"ignored"]
+            for name in self.ignore:
+                v = by_name.get(name)
+                if v is not None and 0 <= v < IGNORE_SLOTS:
+                    ignored[ignored.Key(v)] = ignored.Leaf(1)
+            try:
+                if self.attached_as == "raw_tracepoint":
+                    bpf.attach_raw_tracepoint(tp=b"kfree_skb", fn_name=b"on_kfree_skb")
+                else:
+                    bpf.attach_tracepoint(tp=b"skb:kfree_skb", fn_name=b"on_kfree_skb")
+            except Exception as e:
+                raise ProbeUnavailable(f"cannot attach to skb:kfree_skb ({self.attached_as}): {e}") from e
+            if udp_args is not None:
+                try:
+                    bpf.attach_raw_tracepoint(tp=b"udp_fail_queue_rcv_skb", fn_name=b"on_udp_fail_queue_rcv_skb")
+                except Exception as e:
+                    self.limitations.append(f"raw tracepoint udp_fail_queue_rcv_skb: {e}")
+        except BaseException:
+            bpf.cleanup()
+            raise
+        self._bpf = bpf
+        return self
+
+    @staticmethod
+    def _kernel_build() -> tuple[dict[str, str], list[str], Optional[str]]:
+        """(environment, cflags, problem) for bcc to compile against the installed headers.
+
+        bcc compiles in /lib/modules/$(uname -r)/source when build and source both exist, else in
+        build, and needs include/linux/kconfig.h there. Debian splits the headers into
+        linux-headers-X-amd64 (config, generated headers) and linux-headers-X-common (the tree); when
+        both links point at the -amd64 half, bcc finds nothing and fails with a bare 'Failed to
+        compile'. Then the -common tree (named in the -amd64 Makefile) is given to bcc as
+        BCC_KERNEL_SOURCE and the generated directories as include paths. Only the helpers' types
+        come from these headers: every kernel-struct offset comes from BTF, so any version serves."""
+        if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
+            return {}, [], None
+        kdir = Path("/lib/modules") / os.uname().release
+        build, source = kdir / "build", kdir / "source"
+        root = source if (build.is_dir() and source.is_dir()) else build
+        if (root / "include/linux/kconfig.h").is_file():
+            return {}, [], None
+        problem = (f"bcc needs kernel headers: {root}/include/linux/kconfig.h is missing "
+                   "(on Debian, build -> linux-headers-*-amd64 and source -> linux-headers-*-common)")
+        try:
+            first = (build / "Makefile").read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return {}, [], problem
+        if not (first.startswith("include ") and first.endswith("/Makefile")):
+            return {}, [], problem
+        common = Path(first[len("include "):-len("/Makefile")])
+        if not (common / "include/linux/kconfig.h").is_file():
+            return {}, [], problem
+        arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        b = build.resolve()
+        return ({"BCC_KERNEL_SOURCE": str(common)},
+                [f"-I{b}/arch/{arch}/include/generated/uapi", f"-I{b}/arch/{arch}/include/generated",
+                 f"-I{b}/include", f"-I{b}/include/generated/uapi"], None)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def reasons(self) -> dict[int, str]:
+        """Drop-reason numbers of the running kernel and their names ("NO_SOCKET")."""
+        if not self._reasons:
+            try:
+                btf: Optional[Btf] = Btf.load(self.btf_path)
+            except BtfError:
+                btf = None
+            tp_dir = tracefs_event_dir("skb", "kfree_skb")
+            symbols = parse_format((tp_dir / "format").read_text())[1] if tp_dir else {}
+            self._reasons = self._reason_names(btf, symbols)
+        return dict(self._reasons)
+
+    def reason_name(self, value: int) -> str:
+        name = self._reasons.get(value)
+        if name is not None:
+            return name
+        if value >> 16:  # a subsystem's reason (SKB_DROP_REASON_SUBSYS_MASK)
+            return f"SUBSYS_{value >> 16}_{value & 0xFFFF}"
+        return f"REASON_{value}"
+
+    @staticmethod
+    def _addr(family: int, raw: bytes) -> str:
+        if family == 4:
+            return str(ipaddress.IPv4Address(bytes(raw[:4])))
+        if family == 6:
+            return str(ipaddress.IPv6Address(bytes(raw[:16])))
+        return ""
+
+    def snapshot(self) -> tuple[list[DropStat], list[RcvbufStat]]:
+        """Counts since start(): drops per key, and receive-buffer overflows per socket address."""
+        if self._bpf is None:
+            raise RuntimeError("DropProbe.snapshot() before start()")
+        drops: list[DropStat] = []
+        for k, v in self._bpf[b"drops"].items():
+            fam = k.family
+            key = DropKey(
+                reason=self.reason_name(k.reason),
+                netns=k.netns,
+                ifindex=k.ifindex,
+                proto=k.proto if fam else 0,
+                saddr=self._addr(fam, bytes(k.saddr)),
+                daddr=self._addr(fam, bytes(k.daddr)),
+                sport=k.sport,
+                dport=k.dport,
+                fragment=bool(k.fragment),
+                frag_bytes=bytes(k.fbytes).hex() if k.fragment and k.has_fbytes else "",
+            )
+            drops.append(DropStat(key=key, packets=v.packets, bytes=v.bytes))
+        socks: list[RcvbufStat] = []
+        for k, v in self._bpf[b"rcvbuf_drops"].items():
+            socks.append(RcvbufStat(netns=k.netns, proto=k.proto, laddr=self._addr(k.family, bytes(k.laddr)),
+                                    lport=k.lport, rcvbuf=v.rcvbuf, drops=v.drops))
+        return drops, socks
+
+    def overflow(self) -> tuple[int, int, int]:
+        """(packets, bytes, socket drops): the drops counted only here because the flow map was full
+        (max_flows keys), and the receive-buffer drops not counted per socket because the socket
+        map was full (max_socks)."""
+        if self._bpf is None:
+            return 0, 0, 0
+        pk = by = 0
+        for per_cpu in self._bpf[b"drops_overflow"].getvalue(0):
+            pk += per_cpu.packets
+            by += per_cpu.bytes
+        socks = sum(self._bpf[b"rcvbuf_overflow"].getvalue(0))
+        return pk, by, socks
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """{program: (runs, total ns)} of the loaded programs, from their fdinfo; the kernel counts
+        these only while sysctl kernel.bpf_stats_enabled=1 (zero otherwise)."""
+        out: dict[str, tuple[int, int]] = {}
+        if self._bpf is None:
+            return out
+        for name, fn in self._bpf.funcs.items():
+            info: dict[str, int] = {}
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        if key in ("run_time_ns", "run_cnt"):
+                            info[key] = int(value)
+            except OSError:
+                continue
+            out[name.decode() if isinstance(name, bytes) else name] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
+        return out
+
+    def close(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    @property
+    def running(self) -> bool:
+        return self._bpf is not None
+
+    def __enter__(self) -> "DropProbe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
