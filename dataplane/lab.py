@@ -7,6 +7,12 @@
 moor is executed exactly as kubelet would execute it (env + stdin, inside the node's netns), with
 the reference host-local IPAM; the demo pings pod to pod, pod to peer, node to pod, runs CHECK and
 DEL and proves nothing is left behind. Exit status 0 only if every check held.
+
+`demo` runs this macvlan scenario, then the routed/BGP one (dataplane/lab_bgp.py: a BIRD ToR, two
+nodes running moord, pods that move, graceful restart under a UDP stream) and the UDP loss cases
+(dataplane/lab_loss.py, each named by `netdiag doctor`); `python -m dataplane.lab SCENARIO` runs
+one of them alone. Each scenario gets its own namespaces and temp dir, removed when it ends, on
+failure and on Ctrl-C too.
 """
 from __future__ import annotations
 
@@ -14,15 +20,19 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from cni.install import write_launcher
 
-from .nslab import Lab, require_root
+from .nslab import Lab, LabError, require_root
 
 REF_PLUGINS = "/usr/lib/cni"
 
@@ -100,23 +110,114 @@ class Demo:
         return 0 if not self.failures else 1
 
 
+def _macvlan(lab: Lab, tmp: Path) -> int:
+    return Demo(lab, tmp).run()
+
+
+def _bgp(lab: Lab, tmp: Path) -> int:
+    from . import lab_bgp
+    return lab_bgp.run(lab, tmp)
+
+
+def _loss(lab: Lab, tmp: Path) -> int:
+    from . import lab_loss
+    return lab_loss.run(lab, tmp)
+
+
+SCENARIOS: dict[str, Callable[[Lab, Path], int]] = {"macvlan": _macvlan, "bgp": _bgp, "loss": _loss}
+DEMO = ("macvlan", "bgp", "loss")
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Clean-up that a Ctrl-C (or SIGTERM) cannot cut short; one that arrives meanwhile takes effect
+    right after it."""
+    got: list[int] = []
+    try:
+        old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals cannot arrive here anyway
+        old = {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if got:
+        handler = old.get(got[0])
+        if callable(handler):
+            handler(got[0], None)
+        elif handler == signal.SIG_DFL:
+            raise _Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+def _scenario(name: str) -> int:
+    """Run one scenario in its own Lab and temp dir; both are removed whatever happens."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"moor-lab-{name}-"))
+    lab = Lab()
+    try:
+        return SCENARIOS[name](lab, tmp)
+    except (subprocess.SubprocessError, LabError, OSError) as e:
+        print(f"  [FAIL] the {name} scenario stopped: {e}")
+        return 1
+    except Exception:  # a bug in the lab or in moor: show it, clean up, go on with the next scenario
+        print(f"  [FAIL] the {name} scenario stopped with an error:")
+        traceback.print_exc(file=sys.stdout)
+        return 1
+    finally:
+        with _uninterrupted():
+            procs = list(lab.procs)
+            lab.close()
+            for p in procs:
+                for f in (p.stdin, p.stdout, p.stderr):
+                    if f is not None:
+                        f.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: the same clean-up as Ctrl-C."""
+
+
+def _sigterm(*_: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dataplane.lab")
-    ap.add_argument("scenario", choices=["demo"], help="demo: two macvlan pods, a physical peer, a host shim")
-    ap.parse_args(argv)
+    ap.add_argument("scenario", choices=["demo", *SCENARIOS],
+                    help="demo: macvlan, bgp and loss in sequence; macvlan: two macvlan pods, a physical peer, a "
+                         "host shim; bgp: a BIRD ToR, two moord nodes, routed pods, graceful restart; loss: the UDP "
+                         "loss cases and what netdiag doctor says about each")
+    a = ap.parse_args(argv)
     why = require_root()
     if why:
         print(f"lab: {why}", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="moor-lab-"))
+    names = list(DEMO) if a.scenario == "demo" else [a.scenario]
     try:
-        with Lab() as lab:
-            return Demo(lab, tmp).run()
-    except subprocess.SubprocessError as e:
-        print(f"lab: {e}", file=sys.stderr)
-        return 1
+        old_term = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:
+        old_term = None
+    t0 = time.monotonic()
+    failed = []
+    try:
+        for i, name in enumerate(names):
+            if i:
+                print("\n" + "=" * 78 + "\n")
+            if _scenario(name):
+                failed.append(name)
+    except KeyboardInterrupt as e:
+        print("\nlab: interrupted; namespaces, processes and temp dirs removed", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if len(names) > 1:
+        print("\n" + "=" * 78)
+        print(f"demo: {', '.join(f'{n} ' + ('FAILED' if n in failed else 'ok') for n in names)} "
+              f"({time.monotonic() - t0:.0f} s)")
+        print("all checks passed" if not failed else f"{len(failed)} scenario(s) failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
