@@ -547,7 +547,10 @@ class _Doctor:
             for pat, drops in sorted(by_pat.items(), key=lambda kv: -sum(d.packets for d in kv[1])):
                 pkts = sum(d.packets for d in drops)
                 flows = {(d.saddr, d.daddr, d.sport, d.dport, d.proto) for d in drops}
-                if len(flows) < 2 or pkts < 0.5 * total:
+                # non-first fragments carry no ports, so datagrams of several sockets look like one
+                # flow: then several dropped fragments sharing the bytes make the pattern
+                portless = all(not d.sport and not d.dport for d in drops)
+                if not (len(flows) >= 2 or (portless and pkts >= 3)) or pkts < 0.5 * total:
                     continue
                 self.use(drops)
                 val = int(pat, 16)

@@ -172,6 +172,13 @@ def test_a_pattern_in_one_flow_only_is_not_a_middlebox():
     assert findings[0].cause == "generic" and "no common byte pattern" in findings[0].title
 
 
+def test_non_first_fragments_without_ports_sharing_bytes_are_a_pattern():
+    # what the probe reports for non-first fragments: no ports, so several sockets look like one flow
+    drops = [_frag("192.0.2.1", "198.51.100.1", 0, 0, "0daf", 9), _frag("192.0.2.1", "198.51.100.1", 0, 0, "0000", 2)]
+    findings = diagnose(Evidence(snapshot=snap(ns("gw", 1)), flow_drops=drops, now=NOW))
+    assert findings[0].cause == "fragment-pattern" and "0x0DAF" in findings[0].title
+
+
 def _long_lived() -> Session:
     return Session(netns=7, proto=17, saddr="203.0.113.5", sport=5060, daddr="198.51.100.20", dport=5060,
                    first_seen=NOW - 7200, last_seen=NOW - 1, where="pod voip/sbc-0")
