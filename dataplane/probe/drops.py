@@ -45,6 +45,7 @@ from a number table of our own, since the numbers differ between kernels.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import ipaddress
 import os
 import re
@@ -55,6 +56,7 @@ from typing import Iterable, Optional
 
 from .btf import Btf, BtfError
 from .errors import ProbeUnavailable
+from .kheaders import compile_bpf
 
 BPF_SOURCE = Path(__file__).with_name("drops.bpf.c")
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -276,10 +278,8 @@ class DropProbe:
         if self._bpf is not None:
             return self
         self.limitations = []
-        try:
-            from bcc import BPF  # Debian's python3-bpfcc
-        except ImportError as e:
-            raise ProbeUnavailable(f"bcc is not installed (python3-bpfcc): {e}") from e
+        if importlib.util.find_spec("bcc") is None:
+            raise ProbeUnavailable("bcc is not installed (Debian's python3-bpfcc)")
         if os.geteuid() != 0:
             raise ProbeUnavailable("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON)")
         try:
@@ -327,21 +327,7 @@ class DropProbe:
             defines["HAVE_IGNORE"] = 1
         cflags = [f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"]
 
-        env, extra, problem = self._kernel_build()
-        if problem:
-            raise ProbeUnavailable(problem)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags + extra)
-        except Exception as e:  # bcc raises bare Exception on compile/load errors
-            raise ProbeUnavailable(f"BPF program did not compile or load: {e}") from e
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        bpf = compile_bpf(cflags, src_file=str(BPF_SOURCE))
         try:
             ignored = bpf[b"ignored"]
             for name in self.ignore:
@@ -365,41 +351,6 @@ class DropProbe:
             raise
         self._bpf = bpf
         return self
-
-    @staticmethod
-    def _kernel_build() -> tuple[dict[str, str], list[str], Optional[str]]:
-        """(environment, cflags, problem) for bcc to compile against the installed headers.
-
-        bcc compiles in /lib/modules/$(uname -r)/source when build and source both exist, else in
-        build, and needs include/linux/kconfig.h there. Debian splits the headers into
-        linux-headers-X-amd64 (config, generated headers) and linux-headers-X-common (the tree); when
-        both links point at the -amd64 half, bcc finds nothing and fails with a bare 'Failed to
-        compile'. Then the -common tree (named in the -amd64 Makefile) is given to bcc as
-        BCC_KERNEL_SOURCE and the generated directories as include paths. Only the helpers' types
-        come from these headers: every kernel-struct offset comes from BTF, so any version serves."""
-        if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
-            return {}, [], None
-        kdir = Path("/lib/modules") / os.uname().release
-        build, source = kdir / "build", kdir / "source"
-        root = source if (build.is_dir() and source.is_dir()) else build
-        if (root / "include/linux/kconfig.h").is_file():
-            return {}, [], None
-        problem = (f"bcc needs kernel headers: {root}/include/linux/kconfig.h is missing "
-                   "(on Debian, build -> linux-headers-*-amd64 and source -> linux-headers-*-common)")
-        try:
-            first = (build / "Makefile").read_text().splitlines()[0]
-        except (OSError, IndexError):
-            return {}, [], problem
-        if not (first.startswith("include ") and first.endswith("/Makefile")):
-            return {}, [], problem
-        common = Path(first[len("include "):-len("/Makefile")])
-        if not (common / "include/linux/kconfig.h").is_file():
-            return {}, [], problem
-        arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-        b = build.resolve()
-        return ({"BCC_KERNEL_SOURCE": str(common)},
-                [f"-I{b}/arch/{arch}/include/generated/uapi", f"-I{b}/arch/{arch}/include/generated",
-                 f"-I{b}/include", f"-I{b}/include/generated/uapi"], None)
 
     # -- reading ------------------------------------------------------------------------------
 
