@@ -39,6 +39,7 @@ import functools
 import importlib
 import math
 import os
+import tempfile
 import socket
 import struct
 import threading
@@ -319,7 +320,7 @@ def _l2_bits(ncpu: int) -> int:
     return max(6, min(10, fit.bit_length() - 1))
 
 
-def _cgroup2_root() -> str:
+def _cgroup2_root() -> Optional[str]:
     """The mount point of the cgroup v2 hierarchy, preferring one that shows its root ('/')."""
     best = None
     with open("/proc/self/mountinfo") as f:
@@ -332,9 +333,28 @@ def _cgroup2_root() -> str:
             if root == "/":
                 return mnt
             best = best or mnt
-    if best is None:
-        raise ProbeUnavailable("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)")
     return best
+
+
+def _open_cgroup2_root() -> tuple[int, str]:
+    """An fd of the cgroup v2 root and how it was reached. In a mount namespace without the
+    hierarchy mounted (`ip netns exec` mounts a fresh /sys), mount it on a private directory just
+    long enough to open it: the fd keeps the cgroup, and the mount goes at once."""
+    path = _cgroup2_root()
+    if path is not None:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path
+    libc = ctypes.CDLL(None, use_errno=True)
+    tmp = tempfile.mkdtemp(prefix="moor-cgroup2-")
+    try:
+        if libc.mount(b"cgroup2", tmp.encode(), b"cgroup2", 0, None) != 0:
+            err = ctypes.get_errno()
+            raise ProbeUnavailable(f"no cgroup v2 hierarchy is mounted and mounting one failed: {os.strerror(err)}")
+        try:
+            return os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), "cgroup2 (mounted privately)"
+        finally:
+            libc.umount2(tmp.encode(), 2)  # MNT_DETACH
+    finally:
+        os.rmdir(tmp)
 
 
 @dataclass
@@ -450,8 +470,6 @@ class SessionProbe:
     def _start(self) -> None:
         from bcc import BPF
 
-        path = self.cgroup_path or _cgroup2_root()
-        self.cgroup_path = path
         self.netns_from_skb = _skb_can_get_netns_cookie()
         self.hz = _kernel_hz()
         cflags = [f"-DMAX_SESSIONS={self.max_sessions}",
@@ -470,7 +488,10 @@ class SessionProbe:
             progs.insert(0, ("sess_sock_create", BPF.CGROUP_SOCK, _ATTACH_SOCK_CREATE))
         loaded = [(self._bpf.load_func(name.encode(), ptype, attach_type=atype), atype)
                   for name, ptype, atype in progs]
-        self._cg_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self.cgroup_path:
+            self._cg_fd = os.open(self.cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            self._cg_fd, self.cgroup_path = _open_cgroup2_root()
         for fn, atype in loaded:
             self._attached.append(_attach(fn.fd, self._cg_fd, atype))
 

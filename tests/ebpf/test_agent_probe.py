@@ -69,3 +69,36 @@ def test_doctor_names_the_fragment_pattern_a_gateway_drops(tmp_path):
         assert first["cause"] == "fragment-pattern", json.dumps(doc["findings"][:3], indent=1)
         text = " ".join(first["evidence"] + first["remedy"]).lower()
         assert "0daf" in text or "0x0daf" in text or "0d af" in text, text
+
+
+SPRAY = """
+import socket, sys
+dst, n = sys.argv[1], int(sys.argv[2])
+socks = []
+for i in range(n):  # n distinct source ports: n VPC sessions
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", (dst, 6000))
+    socks.append(s)
+"""
+
+
+def test_netdiag_reports_sessions_against_the_vpc_limit(tmp_path):
+    with Lab() as lab:
+        client, server = lab.ns("client"), lab.ns("server")
+        lab.veth(client, "c0", server, "s0")
+        lab.addr(client, "c0", "203.0.113.1/24")
+        lab.addr(server, "s0", "203.0.113.2/24")
+        sock = start_moord(lab, lab.ns("agent"), tmp_path, sessionLimit=50, sessionAgingSeconds=300)
+        lab.run(client, sys.executable, "-c", SPRAY, "203.0.113.2", "80")
+
+        def counted():
+            doc = netdiag(lab, client, sock, "sessions")
+            mine = [s for s in doc.get("sessions", []) if s.get("saddr") == "203.0.113.1" and s.get("dport") == 6000]
+            return doc if len(mine) >= 80 else None
+        doc = wait_for(counted, what="the 80 sessions in the agent's view")
+        p = doc["pressure"]
+        assert p["limit"] == 50 and p["active"] >= 80
+        findings = netdiag(lab, client, sock, "doctor")["findings"]
+        first = findings[0]
+        assert first["cause"] == "session-limit", json.dumps(findings[:3], indent=1)
+        assert "50" in " ".join(first["evidence"])
