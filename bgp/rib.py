@@ -1,5 +1,6 @@
 """Adj-RIB-in of every peer and the best paths chosen from it (RFC 4271 9.1, cut to what a node
-needs): the lowest rank wins, and every peer offering an equally good path becomes an ECMP next hop.
+needs): LOCAL_PREF, AS_PATH length, ORIGIN, MED (within one neighbouring AS), eBGP over iBGP; every
+peer offering an equally good path becomes an ECMP next hop.
 Paths a restarting peer left behind stay usable, marked stale, until it refreshes them, sends
 End-of-RIB, or its restart time runs out (RFC 4724 4.2)."""
 from __future__ import annotations
@@ -14,11 +15,26 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Rank:
+    """The attributes best-path selection compares (RFC 4271 9.1.2.2)."""
+    local_pref: int = 100
+    as_path_len: int = 0
+    origin: int = 0
+    med: int = 0
+    neighbor_as: int = 0  # MED is compared only between paths from the same neighbouring AS
+    ibgp: bool = False
+
+    @property
+    def first(self) -> tuple:
+        """Higher LOCAL_PREF, shorter AS_PATH, lower ORIGIN: lower is better."""
+        return (-self.local_pref, self.as_path_len, self.origin)
+
+
+@dataclass(frozen=True)
 class Path:
     peer: str
     next_hop: str
-    # lower is better: (-LOCAL_PREF, AS_PATH length, ORIGIN, MED, iBGP after eBGP)
-    rank: tuple = (-100, 0, 0, 0, 0)
+    rank: Rank = Rank()
 
 
 class RibIn:
@@ -39,16 +55,19 @@ class RibIn:
             self.paths.setdefault(p, {})[peer] = path
             self._select(p)
 
-    def peer_down(self, peer: str, keep: bool) -> int:
-        """The peer's session ended: keep its paths as stale (it is restarting gracefully) or drop them.
-        Returns how many paths it had."""
+    def peer_down(self, peer: str, keep: set[int] | bool = frozenset()) -> int:
+        """The peer's session ended: keep its paths of the IP versions in `keep` as stale (it is
+        restarting gracefully and keeps forwarding those), drop the rest. True keeps both.
+        Returns how many paths were kept."""
+        versions = {4, 6} if keep is True else set(keep or ())
         mine = [p for p, by in self.paths.items() if peer in by]
-        if keep:
-            self.stale.setdefault(peer, set()).update(mine)
+        kept = [p for p in mine if p.version in versions]
+        if kept:
+            self.stale.setdefault(peer, set()).update(kept)
         else:
             self.stale.pop(peer, None)
-            self._drop(peer, mine)
-        return len(mine)
+        self._drop(peer, [p for p in mine if p.version not in versions])
+        return len(kept)
 
     def sweep(self, peer: str, version: int | None = None) -> int:
         """Drop the peer's paths that are still stale (of one IP version, or all)."""
@@ -72,8 +91,15 @@ class RibIn:
             self.paths.pop(p, None)
             hops: tuple[str, ...] = ()
         else:
-            top = min(path.rank for path in by.values())
-            hops = tuple(sorted({path.next_hop for path in by.values() if path.rank == top}))
+            top = min(path.rank.first for path in by.values())
+            cands = [path for path in by.values() if path.rank.first == top]
+            low_med: dict[int, int] = {}
+            for path in cands:
+                low_med[path.rank.neighbor_as] = min(low_med.get(path.rank.neighbor_as, path.rank.med), path.rank.med)
+            cands = [path for path in cands if path.rank.med == low_med[path.rank.neighbor_as]]
+            if any(not path.rank.ibgp for path in cands):  # eBGP over iBGP
+                cands = [path for path in cands if not path.rank.ibgp]
+            hops = tuple(sorted({path.next_hop for path in cands}))
         if self.best.get(p, ()) != hops:
             if hops:
                 self.best[p] = hops

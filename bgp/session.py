@@ -13,6 +13,7 @@ from . import capability as cap
 from . import sockopt
 from .attribute import as_path, communities, local_pref, mp_reach, next_hop, origin
 from .attribute import med as med_attr
+from .rib import Rank
 from .errors import (BAD_PEER_AS, BAD_BGP_IDENTIFIER, CEASE, FSM_ERROR, HOLD_TIMER_EXPIRED, OPEN_MESSAGE, BGPError)
 from .message import notification, open as bopen, update
 from .message.keepalive import KEEPALIVE_BYTES
@@ -32,7 +33,7 @@ class PeerConfig:
     asn: int
     passive: bool = False
     port: int = 179
-    hold_time: int = 90
+    hold_time: int | None = None  # None: the speaker's (LocalConfig.hold_time)
     communities: tuple[int, ...] = ()
     password: str = ""  # TCP MD5 (RFC 2385)
     ttl_security: bool = False  # GTSM (RFC 5082), directly connected peers
@@ -61,7 +62,7 @@ class Received:
     announced: list[tuple[Prefix, str]] = field(default_factory=list)
     withdrawn: list[Prefix] = field(default_factory=list)
     end_of_rib: tuple[int, int] | None = None
-    rank: tuple = ()  # best-path rank shared by every announced route (see bgp.rib.Path)
+    rank: Rank = field(default_factory=Rank)  # shared by every announced route
 
 
 class PeerNotified(Exception):
@@ -78,6 +79,7 @@ class Session:
         self.on_down = on_down or (lambda s, graceful: None)  # after Established ends
         self.state = IDLE
         self.first = True  # no session yet since this process started (the R bit's scope)
+        self.hold_time = peer.hold_time if peer.hold_time is not None else local.hold_time  # what we offer
         self.bind_address = ""  # source of our connections (the speaker's listen address)
         self.peer_open: bopen.Open | None = None
         self.hold = 0
@@ -110,11 +112,14 @@ class Session:
         connection the peer opened is being served, no connection of ours is tried."""
         while not self._stopped:
             await self._idle.wait()
+            if self.busy():  # woken while a connection changed hands
+                continue
             self._set(CONNECT)
             try:
                 reader, writer = await asyncio.wait_for(self._connect(), self.local.connect_retry_s)
             except (OSError, asyncio.TimeoutError):
-                self._set(ACTIVE)
+                if not self.busy():  # the peer's connection may be serving meanwhile: its state stands
+                    self._set(ACTIVE)
                 await asyncio.sleep(self.local.connect_retry_s)
                 continue
             await self.connected(reader, writer, outgoing=True)
@@ -147,6 +152,9 @@ class Session:
 
     async def connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outgoing: bool) -> None:
         """A new connection to the peer, ours or theirs: serve it, or resolve the collision first."""
+        if self._stopped:
+            writer.close()
+            return
         if not self.busy():
             await self.serve(reader, writer)
             return
@@ -161,6 +169,8 @@ class Session:
         keep the connection opened by the side with the higher BGP identifier. An Established session
         stays, unless the peer does graceful restart: then a new connection means it restarted and
         the old one is dead (RFC 4724 4.2). Returns the peer's OPEN when the new connection wins."""
+        # only a connection the peer opened to an already Established session means it restarted
+        restart = not outgoing and self.state == ESTABLISHED
         try:
             writer.write(self.open_message().encode())
             await writer.drain()
@@ -173,7 +183,7 @@ class Session:
         except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, PeerNotified):
             return None
         if self.state == ESTABLISHED:
-            if self.peer_gr() is None:
+            if not restart or self.peer_gr() is None:
                 writer.write(notification.Notification(CEASE, CONNECTION_COLLISION).encode())
                 return None
             log.info("peer %s: new connection while Established: the peer restarted", self.peer.address)
@@ -223,8 +233,12 @@ class Session:
         self._stopped = True
         if self.writer is not None:
             if not graceful:
-                await self._send(notification.Notification(CEASE, subcode).encode())
-            self.writer.close()
+                try:  # a peer that stopped reading cannot hold up our shutdown
+                    await asyncio.wait_for(self._send(notification.Notification(CEASE, subcode).encode()), 2)
+                except asyncio.TimeoutError:
+                    pass
+            if self.writer is not None:
+                self.writer.close()
 
     async def drop(self, subcode: int, graceful: bool = False) -> None:
         """End the current connection and wait until it is gone. With a Cease (a collision lost), or
@@ -272,7 +286,7 @@ class Session:
             caps.append(cap.GracefulRestart(
                 restart_time=self.local.restart_time, restarting=self.local.restarted and self.first,
                 families=tuple((a, s, self.local.forwarding) for a, s in self.local.families)))
-        return bopen.Open(asn=self.local.asn, hold_time=self.local.hold_time, router_id=self.local.router_id,
+        return bopen.Open(asn=self.local.asn, hold_time=self.hold_time, router_id=self.local.router_id,
                           capabilities=caps)
 
     def check_open(self, peer_open: bopen.Open) -> None:
@@ -298,7 +312,7 @@ class Session:
             self._set(OPENSENT)
             peer_open = self.accept_open(*await self._next(reader, OPEN_HOLD_S))
         self.peer_open = peer_open
-        self.hold = min(self.local.hold_time, self.peer.hold_time, peer_open.hold_time)
+        self.hold = min(self.hold_time, peer_open.hold_time)  # what we advertised, and theirs
         if self.hold and self.hold < 3:
             self.hold = 3
         await self._send(KEEPALIVE_BYTES)
@@ -356,15 +370,18 @@ class Session:
             log.warning("peer %s: malformed attributes, routes treated as withdrawn (RFC 7606)", self.peer.address)
         self.on_received(rec)
 
-    def _rank(self, attrs: dict) -> tuple:
-        """RFC 4271 9.1.2.2 in order, lower is better; equal ranks from several peers form ECMP."""
+    def _rank(self, attrs: dict) -> Rank:
+        """What best-path selection compares (RFC 4271 9.1.2.2), shared by the UPDATE's routes."""
         lp = attrs.get(local_pref.TYPE)
         path = attrs.get(as_path.TYPE)
         org = attrs.get(origin.TYPE)
         med = attrs.get(med_attr.TYPE)
-        length = sum(1 if t == as_path.AS_SET else len(a) for t, a in path.segments) if path else 0
-        return (-(lp.value if lp and self.peer.asn == self.local.asn else 100), length, org.value if org else 2,
-                med.value if med else 0, 1 if self.peer.asn == self.local.asn else 0)
+        ibgp = self.peer.asn == self.local.asn
+        segs = path.segments if path else ()
+        length = sum(1 if t == as_path.AS_SET else len(a) for t, a in segs)
+        first = next((a[0] for t, a in segs if t == as_path.AS_SEQUENCE and a), self.local.asn if ibgp else self.peer.asn)
+        return Rank(local_pref=lp.value if lp and ibgp else 100, as_path_len=length,
+                    origin=org.value if org else 2, med=med.value if med else 0, neighbor_as=first, ibgp=ibgp)
 
     async def _keepalives(self) -> None:
         if not self.hold:

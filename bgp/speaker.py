@@ -34,6 +34,8 @@ class Speaker:
         self.stale_time = stale_time  # bound on keeping a restarted peer's stale routes (RFC 4724 4.2)
         self._user_received = on_received or (lambda r: None)
         self._user_state = on_state or (lambda p, s: None)
+        for p in peers:
+            p.address = _canonical(p.address)
         self.sessions = {p.address: Session(local, p, self.rib_out, self._received, self._state, self._down)
                          for p in peers}
         if not ipaddress.ip_address(listen).is_unspecified:
@@ -80,11 +82,16 @@ class Speaker:
     def _down(self, session: Session, graceful: bool) -> None:
         peer = session.peer.address
         gr = session.peer_gr()
-        n = self.rib_in.peer_down(peer, keep=graceful)
-        if graceful and gr is not None and n:
+        # only the families the peer said it can keep forwarding over a restart (RFC 4724 4.2);
+        # a capability without families (BIRD's "aware" mode) means none
+        keep = {4 if afi == AFI_IPV4 else 6 for afi, _safi, _f in gr.families} if graceful and gr else set()
+        n = self.rib_in.peer_down(peer, keep)
+        if n:
             log.info("peer %s: restarting gracefully, %d routes kept stale for up to %d s", peer, n,
                      gr.restart_time)
             self._timer(peer, gr.restart_time)
+        else:
+            self._cancel_timer(peer)
 
     def _timer(self, peer: str, seconds: float) -> None:
         self._cancel_timer(peer)
@@ -125,7 +132,7 @@ class Speaker:
                 self._tasks.append(asyncio.ensure_future(s.run_active()))
 
     async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = writer.get_extra_info("peername")[0]
+        addr = _canonical(writer.get_extra_info("peername")[0])
         session = self.sessions.get(addr)
         if session is None:  # only configured peers are accepted
             log.warning("connection from unconfigured %s refused", addr)
@@ -148,6 +155,8 @@ class Speaker:
     async def stop(self, graceful: bool = False) -> None:
         """Cease to every peer; `graceful`: close without NOTIFICATION so peers that do graceful
         restart keep our routes while we restart."""
+        if self._server is not None:
+            self._server.close()  # no new connections while we stop
         for s in self.sessions.values():
             await s.stop(graceful=graceful)
         for t in self._tasks:
@@ -158,8 +167,14 @@ class Speaker:
             log.warning("a session did not close within 5 s")
         for peer in list(self._timers):
             self._cancel_timer(peer)
-        if self._server is not None:
-            self._server.close()
+
+
+def _canonical(address: str) -> str:
+    """One spelling per address: compressed, lower case, IPv4-mapped IPv6 as IPv4, no zone."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def _peer(text: str) -> PeerConfig:

@@ -138,6 +138,8 @@ def load(text: str) -> AgentConfig:
                                 password=str(p.get("password") or ""),
                                 ttl_security=_opt(p, "ttlSecurity", bool, where, False),
                                 graceful_restart=_opt(p, "gracefulRestart", bool, where, False)))
+        if peers[-1].hold_time and not 3 <= peers[-1].hold_time <= 65535:
+            raise ConfigError(f"{where}.holdTime must be 0 or 3..65535")
         if len(peers[-1].password.encode()) > 80:
             raise ConfigError(f"{where}.password is longer than 80 bytes (the kernel's TCP MD5 limit)")
     if len({p.address for p in peers}) != len(peers):

@@ -1,9 +1,12 @@
-"""Prometheus metrics for moord, collected from the agent's view at scrape time, served on the
-agent's own asyncio loop (no exporter thread reading state the loop is changing)."""
+"""Prometheus metrics for moord, sampled from the agent's view at scrape time and served on the
+agent's own asyncio loop: BGP state is read on the loop (no exporter thread reading what the loop
+is changing); the IPAM store and the probe maps, which can block, are read in worker threads so a
+scrape never stalls keepalives."""
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -15,14 +18,34 @@ log = logging.getLogger("moord.metrics")
 STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established")
 
 
+@dataclass
+class Sample:
+    health: list
+    peers: list
+    advertised: int
+    learned: list
+    ipam: tuple
+    drops: tuple
+    pods: tuple
+    sessions: tuple
+
+
+async def sample(v: AgentView) -> Sample:
+    on_loop = (v.health(), v.peers(), len(v.advertised()), v.learned())
+    return Sample(*on_loop, ipam=await asyncio.to_thread(v.ipam), drops=await asyncio.to_thread(v.drop_snapshot),
+                  pods=await asyncio.to_thread(v.pods), sessions=await asyncio.to_thread(v.session_snapshot))
+
+
 class Collector:
-    def __init__(self, view: AgentView):
-        self.view = view
+    def __init__(self):
+        self.sample: Sample | None = None  # set right before each exposition
 
     def collect(self):
-        v = self.view
+        v = self.sample
+        if v is None:
+            return
         up = GaugeMetricFamily("moor_component_up", "1 when the agent's component works", labels=["component"])
-        for c in v.health():
+        for c in v.health:
             up.add_metric([c.name], 1 if c.ok else 0)
         yield up
 
@@ -31,7 +54,7 @@ class Collector:
         received = GaugeMetricFamily("moor_bgp_peer_routes_received", "paths from the peer", labels=["peer"])
         stale = GaugeMetricFamily("moor_bgp_peer_routes_stale", "paths kept over the peer's graceful restart",
                                   labels=["peer"])
-        for p in v.peers():
+        for p in v.peers:
             for s in STATES:
                 state.add_metric([p.address, s], 1 if p.state == s else 0)
             received.add_metric([p.address], p.received)
@@ -39,13 +62,13 @@ class Collector:
         yield state
         yield received
         yield stale
-        yield GaugeMetricFamily("moor_bgp_routes_advertised", "routes in the adj-RIB-out", value=len(v.advertised()))
-        learned = v.learned()
+        yield GaugeMetricFamily("moor_bgp_routes_advertised", "routes in the adj-RIB-out", value=v.advertised)
+        learned = v.learned
         yield GaugeMetricFamily("moor_bgp_routes_learned", "best learned routes", value=len(learned))
         yield GaugeMetricFamily("moor_bgp_routes_installed", "learned routes in the kernel",
                                 value=sum(1 for *_x, i in learned if i))
 
-        _rows, pools, err = v.ipam()
+        _rows, pools, err = v.ipam
         if not err:
             ipam = GaugeMetricFamily("moor_ipam_addresses", "addresses by pool and state", labels=["pool", "state"])
             size = GaugeMetricFamily("moor_ipam_pool_size", "usable addresses in the pool", labels=["pool"])
@@ -56,9 +79,9 @@ class Collector:
             yield size
             yield ipam
 
-        stats, rcv, why = v.drop_snapshot()
+        by_ino, by_cookie = v.pods
+        stats, rcv, why = v.drops
         if not why:
-            by_ino, _ = v.pods()
             drops = CounterMetricFamily("moor_drops", "packets the kernel dropped, by reason and pod",
                                         labels=["reason", "pod"])
             agg: dict = {}
@@ -76,9 +99,8 @@ class Collector:
                 rb.add_metric([ref.pod if ref else f"netns:{r.netns}", str(r.lport), str(r.rcvbuf)], r.drops)
             yield rb
 
-        pr, _s, dropped, why = v.session_snapshot()
+        pr, _s, dropped, why = v.sessions
         if pr is not None:
-            _, by_cookie = v.pods()
             yield GaugeMetricFamily("moor_sessions_active", "distinct 5-tuples seen within the VPC aging window",
                                     value=pr.active)
             yield GaugeMetricFamily("moor_sessions_limit", "the VPC session limit configured for the node",
@@ -96,22 +118,27 @@ class Collector:
             yield per
 
 
-def registry(view: AgentView) -> CollectorRegistry:
-    reg = CollectorRegistry()
-    reg.register(Collector(view))
-    return reg
-
-
 async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractServer:
     """GET /metrics in the text exposition format; anything else is 404."""
-    reg = registry(view)
+    collector = Collector()
+    reg = CollectorRegistry()
+    reg.register(collector)
+    lock = asyncio.Lock()  # one scrape at a time shares the collector
+
+    async def expose() -> bytes:
+        async with lock:
+            collector.sample = await sample(view)
+            try:
+                return generate_latest(reg)
+            finally:
+                collector.sample = None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if path.split(b"?")[0] == b"/metrics":
-                body, status = generate_latest(reg), b"200 OK"  # in the loop: it reads BGP state
+                body, status = await expose(), b"200 OK"
             else:
                 body, status = b"not found: try /metrics\n", b"404 Not Found"
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class AgentView:
     state_since: dict = field(default_factory=dict)  # peer -> unix time of its last state change
     session_history: list = field(default_factory=list)  # (time, active) for the growth rate
     _pods: tuple = (0.0, {}, {})  # (read at, netns inode -> PodRef, netns cookie -> PodRef)
+    _history_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- BGP -----------------------------------------------------------------------------------
     def peer_state(self, peer: str, state: str) -> None:
@@ -103,8 +105,8 @@ class AgentView:
         try:
             _doc, conf = read_netconf(self.ipam_config)
             store = open_store(conf)
-        except (ValueError, OSError) as e:
-            return [], [], str(e)
+        except Exception as e:  # a locked or broken store is reported, never fatal to a scrape
+            return [], [], f"opening the IPAM store: {getattr(e, 'msg', None) or e}"
         try:
             rows = sorted(store.transact(conf.network, lambda v: v.values()), key=lambda r: r.ip)
         except Exception as e:  # a store error is reported, never fatal to the agent
@@ -159,11 +161,12 @@ class AgentView:
             return None, [], 0, c.detail if c else "the probe is disabled in moord's config"
         from .probe.sessions import pressure
         stats = self.sessions.snapshot()
-        now = time.time()
-        pr = pressure(stats, now, self.probe_conf.session_aging_s, self.probe_conf.session_limit,
-                      self.session_history)
-        self.session_history.append((now, pr.active))
-        del self.session_history[:-120]
+        with self._history_lock:  # the API and a scrape may sample at once, each in a thread
+            now = time.time()
+            pr = pressure(stats, now, self.probe_conf.session_aging_s, self.probe_conf.session_limit,
+                          list(self.session_history))
+            self.session_history.append((now, pr.active))
+            del self.session_history[:-120]
         return pr, stats, self.sessions.dropped(), ""
 
     def health(self) -> list[Component]:

@@ -16,7 +16,8 @@ class AgentUnavailable(RuntimeError):
 class AgentClient:
     def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 5.0):
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(f"unix://{socket}")
+        # a node's full session list runs to tens of MB: the 4 MiB default would refuse it
+        self.channel = grpc.insecure_channel(f"unix://{socket}", options=[("grpc.max_receive_message_length", 256 << 20)])
         self.stub = rpc.AgentStub(self.channel)
 
     def call(self, method: str, request=None):

@@ -47,8 +47,11 @@ class AgentService(rpc.AgentServicer):
                             pools=[pb.PoolUsage(cidr=c, size=n, active=a, held=h) for c, n, a, h in pools])
 
     async def Drops(self, request, context):
-        stats, rcv, why = await asyncio.to_thread(self.view.drop_snapshot)
-        by_ino, _ = await asyncio.to_thread(self.view.pods)
+        return await asyncio.to_thread(self._drops)  # map reads and big replies stay off the BGP loop
+
+    def _drops(self) -> pb.DropsReply:
+        stats, rcv, why = self.view.drop_snapshot()
+        by_ino, _ = self.view.pods()
         return pb.DropsReply(
             unavailable=why,
             drops=[pb.Drop(reason=s.key.reason, netns=s.key.netns, ifindex=s.key.ifindex, proto=s.key.proto,
@@ -59,10 +62,13 @@ class AgentService(rpc.AgentServicer):
                                       drops=r.drops, pod=_pod(by_ino, r.netns)) for r in rcv])
 
     async def Sessions(self, request, context):
-        pr, stats, dropped, why = await asyncio.to_thread(self.view.session_snapshot)
+        return await asyncio.to_thread(self._sessions, request.list)
+
+    def _sessions(self, full: bool) -> pb.SessionsReply:
+        pr, stats, dropped, why = self.view.session_snapshot()
         if pr is None:
             return pb.SessionsReply(unavailable=why)
-        _, by_cookie = await asyncio.to_thread(self.view.pods)
+        _, by_cookie = self.view.pods()
 
         def sess(s) -> pb.Session:
             f = s.flow
@@ -74,7 +80,7 @@ class AgentService(rpc.AgentServicer):
             by_netns=[pb.NetnsSessions(netns_cookie=c, active=n, pod=_pod(by_cookie, c))
                       for c, n in sorted(pr.by_netns.items(), key=lambda kv: -kv[1])],
             long_lived=[sess(s) for s in pr.long_lived],
-            sessions=[sess(s) for s in stats] if request.list else [])
+            sessions=[sess(s) for s in stats] if full else [])
 
 
 async def serve(view: AgentView, socket_path: str) -> grpc.aio.Server:

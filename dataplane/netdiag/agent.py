@@ -72,4 +72,5 @@ class AgentSource:
                if c.name in what and (not c.ok or "disabled" in c.detail)]
         out += [f"moord's {c.name}: {c.detail}" for c in self.health.components
                 if not c.ok and not c.name.startswith("probe") and c.name != "bgp"]
-        return out + [n for n in self._notes if not any(n.endswith(c.detail) for c in self.health.components)]
+        return out + [n for n in self._notes
+                      if not any(c.detail and n.endswith(c.detail) for c in self.health.components)]

@@ -164,3 +164,10 @@ def test_one_speaker_serves_many_peers_on_one_loop():
             for s in [hub, *spokes]:
                 await s.stop()
     asyncio.run(main())
+
+
+def test_a_peers_own_hold_time_is_the_one_advertised():
+    from bgp.session import Session
+    local = LocalConfig(asn=65001, router_id="192.0.2.1", hold_time=90)
+    assert Session(local, PeerConfig(B, 65002, hold_time=9), {}).open_message().hold_time == 9
+    assert Session(local, PeerConfig(B, 65002), {}).open_message().hold_time == 90
