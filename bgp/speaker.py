@@ -2,7 +2,7 @@
 listener that accepts only configured peers, and an adj-RIB-out shared by every session.
 
 `python -m bgp.speaker --asn 65001 --router-id 192.0.2.2 --peer 192.0.2.1:65000 --announce
-203.0.113.7/32` runs it standalone (the agent embeds it later): received routes are printed as
+203.0.113.7/32` runs it standalone (moord embeds it): received routes are printed as
 JSON lines on stdout, and lines `announce PREFIX` / `withdraw PREFIX` on stdin change the table.
 """
 from __future__ import annotations
