@@ -534,7 +534,7 @@ class _Doctor:
                           f"({_rate_text(rate, self.interval)})"],
                 remedy=[f"sysctl -w net.netfilter.nf_conntrack_max={_pow2(2 * ct.max)} (now {ct.max}; {ct.count} in use)",
                         "shorten net.netfilter.nf_conntrack_udp_timeout / nf_conntrack_udp_timeout_stream",
-                        "moor itself needs no conntrack: find what loads it (nft list ruleset, kube-proxy)"]))
+                        "moor itself needs no conntrack: find what loads it (the node's packet-filter ruleset, kube-proxy)"]))
 
     def fragments(self) -> None:
         frags = self.flows(lambda d: d.fragment)
@@ -696,7 +696,7 @@ class _Doctor:
                      for d in drops}
             if "NETFILTER" in reason:
                 sev, rem = 3, [f"a packet-filter rule dropped them: moor writes none; "
-                               f"`nft list ruleset` / `iptables-save` in {where} shows whose"]
+                               f"the packet-filter ruleset in {where} shows whose"]
             elif "NOROUTE" in reason or "NO_ROUTE" in reason:
                 sev, rem = 3, ["no route for them: a route is missing (a route change done as delete-then-add "
                                "leaves a gap); `ip route get <dst>` in " + where]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.lab import main
+from lab.demo import main
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dataplane.nslab import Lab
+from lab.bird import Bird
 from tests.helpers import REPO
 
 TOR, NODE = "192.0.2.1", "192.0.2.2"
@@ -28,40 +29,6 @@ def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
             return got
         time.sleep(0.2)
     raise TimeoutError(f"gave up after {timeout} s waiting for {what}")  # a guard, not a speed check
-
-
-@dataclass
-class Bird:
-    lab: Lab
-    ns: str
-    tmp: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self, conf: str) -> None:
-        (self.tmp / "bird.conf").write_text(conf)
-        self.proc = self.lab.spawn(self.ns, ["bird", "-f", "-c", str(self.tmp / "bird.conf"), "-s",
-                                             str(self.tmp / "bird.ctl"), "-P", str(self.tmp / "bird.pid")],
-                                   stdout=subprocess.DEVNULL, stderr=open(self.tmp / "bird.log", "wb"))
-        wait_for(lambda: (self.tmp / "bird.ctl").exists(), what="BIRD's control socket")
-
-    def cmd(self, *args: str) -> str:
-        return subprocess.run(["birdc", "-s", str(self.tmp / "bird.ctl"), *args], capture_output=True,
-                              text=True, timeout=10).stdout
-
-    def state(self, proto: str) -> str:
-        line = next((l for l in self.cmd("show", "protocols", proto).splitlines() if l.startswith(proto)), "")
-        return line.split()[5] if len(line.split()) > 5 else ""
-
-    def routes(self, proto: str) -> dict[str, str]:
-        """prefix -> 'via' address of the routes BIRD learned from `proto`."""
-        out, prefix = {}, None
-        for line in self.cmd("show", "route", "protocol", proto).splitlines():
-            parts = line.split()
-            if parts and "/" in parts[0]:
-                prefix = parts[0]
-            if prefix and "via" in parts:
-                out[prefix] = parts[parts.index("via") + 1]
-        return out
 
 
 @dataclass

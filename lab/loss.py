@@ -1,4 +1,4 @@
-"""The UDP loss lab scenario: `python -m dataplane.lab loss` (and part of `demo`).
+"""The UDP loss lab scenario: `python -m lab loss` (and part of `demo`).
 
 The packet-loss cases of the design notes that the kernel's own counters show, each made on
 purpose in fresh namespaces (so no case sees another's counters), each followed by what
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .nslab import Lab, LabError
+from dataplane.nslab import Lab, LabError
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

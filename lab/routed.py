@@ -1,4 +1,4 @@
-"""The routed (BGP) lab scenario: `python -m dataplane.lab bgp` (and part of `demo`).
+"""The routed (BGP) lab scenario: `python -m lab bgp` (and part of `demo`).
 
                       ┌──────────── tor: BIRD 2, eBGP AS 65000, exports what it learns to its kernel ─┐
                       │ tn1 192.0.2.1/25                                     tn2 192.0.2.129/25       │
@@ -30,7 +30,9 @@ from typing import Any, Callable, Optional
 
 from cni.install import write_launcher
 
-from .nslab import Lab, LabError
+from dataplane.nslab import Lab
+
+from .bird import Bird
 
 REPO = Path(__file__).resolve().parent.parent
 # the numbered UDP sender/receiver the interop tests use (send DST PORT PPS STOPFILE / recv PORT OUT)
@@ -71,47 +73,6 @@ def wait(pred: Callable[[], Any], timeout: float = 20.0) -> Any:
         if got or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
-
-
-class Bird:
-    """BIRD 2 in a netns with private config, control socket, pid file and log in `tmp`."""
-
-    def __init__(self, lab: Lab, ns: str, tmp: Path):
-        self.lab, self.ns, self.tmp = lab, ns, tmp
-        self.ctl = tmp / "bird.ctl"
-
-    def start(self, conf: str) -> None:
-        (self.tmp / "bird.conf").write_text(conf)
-        with open(self.tmp / "bird.log", "wb") as log:
-            self.lab.spawn(self.ns, ["bird", "-f", "-c", str(self.tmp / "bird.conf"), "-s", str(self.ctl),
-                                     "-P", str(self.tmp / "bird.pid")], stdout=subprocess.DEVNULL, stderr=log)
-        if not wait(self.ctl.exists, 10):
-            raise LabError(f"BIRD did not open its control socket: {(self.tmp / 'bird.log').read_text()[-500:]}")
-
-    def cmd(self, *args: str) -> str:
-        try:
-            return subprocess.run(["birdc", "-s", str(self.ctl), *args], capture_output=True, text=True,
-                                  timeout=10).stdout
-        except subprocess.TimeoutExpired:
-            return ""
-
-    def state(self, proto: str) -> str:
-        for line in self.cmd("show", "protocols", proto).splitlines():
-            parts = line.split()
-            if parts and parts[0] == proto:
-                return parts[5] if len(parts) > 5 else ""
-        return ""
-
-    def routes(self, proto: str) -> dict[str, str]:
-        """prefix -> next hop of the routes BIRD learned from `proto`."""
-        out, prefix = {}, None
-        for line in self.cmd("show", "route", "protocol", proto).splitlines():
-            parts = line.split()
-            if parts and "/" in parts[0]:
-                prefix = parts[0]
-            if prefix and "via" in parts:
-                out[prefix] = parts[parts.index("via") + 1]
-        return out
 
 
 class BgpLab:

@@ -1,4 +1,4 @@
-"""The lab on network namespaces. `python -m dataplane.lab demo` (what `./run demo` runs):
+"""The lab on network namespaces. `python -m lab demo` (what `./run demo` runs):
 
     pod-a ─┐ macvlan (bridge)
            ├── up0 [node] ══ veth ══ pp0 [peer: the "physical" network, gateway 192.0.2.1]
@@ -8,9 +8,9 @@ moor is executed exactly as kubelet would execute it (env + stdin, inside the no
 the reference host-local IPAM; the demo pings pod to pod, pod to peer, node to pod, runs CHECK and
 DEL and proves nothing is left behind. Exit status 0 only if every check held.
 
-`demo` runs this macvlan scenario, then the routed/BGP one (dataplane/lab_bgp.py: a BIRD ToR, two
+`demo` runs this macvlan scenario, then the routed/BGP one (lab/routed.py: a BIRD ToR, two
 nodes running moord, pods that move, graceful restart under a UDP stream) and the UDP loss cases
-(dataplane/lab_loss.py, each named by `netdiag doctor`); `python -m dataplane.lab SCENARIO` runs
+(lab/loss.py, each named by `netdiag doctor`); `python -m lab SCENARIO` runs
 one of them alone. Each scenario gets its own namespaces and temp dir, removed when it ends, on
 failure and on Ctrl-C too.
 """
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from cni.install import write_launcher
 
-from .nslab import Lab, LabError, require_root
+from dataplane.nslab import Lab, LabError, require_root
 
 REF_PLUGINS = "/usr/lib/cni"
 
@@ -115,13 +115,13 @@ def _macvlan(lab: Lab, tmp: Path) -> int:
 
 
 def _bgp(lab: Lab, tmp: Path) -> int:
-    from . import lab_bgp
-    return lab_bgp.run(lab, tmp)
+    from . import routed
+    return routed.run(lab, tmp)
 
 
 def _loss(lab: Lab, tmp: Path) -> int:
-    from . import lab_loss
-    return lab_loss.run(lab, tmp)
+    from . import loss
+    return loss.run(lab, tmp)
 
 
 SCENARIOS: dict[str, Callable[[Lab, Path], int]] = {"macvlan": _macvlan, "bgp": _bgp, "loss": _loss}
@@ -183,7 +183,7 @@ def _sigterm(*_: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dataplane.lab")
+    ap = argparse.ArgumentParser(prog="python -m lab")
     ap.add_argument("scenario", choices=["demo", *SCENARIOS],
                     help="demo: macvlan, bgp and loss in sequence; macvlan: two macvlan pods, a physical peer, a "
                          "host shim; bgp: a BIRD ToR, two moord nodes, routed pods, graceful restart; loss: the UDP "
