@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataplane.nslab import Lab, require_root  # noqa: E402
 from dataplane.probe.errors import ProbeUnavailable  # noqa: E402
+from dataplane.probe.kheaders import run_stats  # noqa: E402
 
 A_IP, B_IP = "192.0.2.1", "198.51.100.1"
 SINK_PORT, CLOSED_PORT = 9000, 9001
@@ -207,19 +208,6 @@ class Probes:
                 return sum(d.packets for d in p.snapshot()[0] if d.key.netns in self.netns)
         return 0
 
-    @staticmethod
-    def _fdinfo(fd: int) -> tuple[int, int]:
-        info: dict[str, int] = {}
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key in ("run_cnt", "run_time_ns"):
-                        info[key] = int(value)
-        except OSError:
-            pass
-        return info.get("run_cnt", 0), info.get("run_time_ns", 0)
-
     def stop(self) -> None:
         """Detach everything, adding the programs' run counts and times (bpf_stats) to the totals."""
         while self.loaded:
@@ -227,7 +215,7 @@ class Probes:
             if hasattr(p, "program_stats"):
                 stats = list(p.program_stats().values())
             elif hasattr(p, "prog_fds"):
-                stats = [self._fdinfo(fd) for fd in p.prog_fds().values()]
+                stats = [run_stats(fd) for fd in p.prog_fds().values()]
             else:
                 stats = []
             acc = self.stats.setdefault(type(p).__name__, [0, 0])

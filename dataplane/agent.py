@@ -66,24 +66,20 @@ def _opt(doc: dict, key: str, typ, where: str, default):
 def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
     """Load the eBPF probes (compiling takes seconds: run off the event loop, after BGP is up).
     A probe that cannot load is reported by the API and metrics; the agent runs on without it."""
-    try:
-        from .probe.drops import DropProbe
-        p = DropProbe()
-        p.start()
-        view.drops = p
-        view.components["probe.drops"] = Component("probe.drops", True, "kfree_skb and UDP receive-buffer drops")
-    except Exception as e:  # ProbeUnavailable, or bcc failing in its own ways
-        view.components["probe.drops"] = Component("probe.drops", False, str(e))
-        log.warning("drop probe not loaded: %s", e)
-    try:
-        from .probe.sessions import SessionProbe
-        sp = SessionProbe(max_sessions=conf.max_sessions)
-        sp.start()
-        view.sessions = sp
-        view.components["probe.sessions"] = Component("probe.sessions", True, "UDP/TCP sessions per pod")
-    except Exception as e:
-        view.components["probe.sessions"] = Component("probe.sessions", False, str(e))
-        log.warning("session probe not loaded: %s", e)
+    from .probe.drops import DropProbe
+    from .probe.sessions import SessionProbe
+    for name, attr, make, what in (
+            ("probe.drops", "drops", DropProbe, "kfree_skb and UDP receive-buffer drops"),
+            ("probe.sessions", "sessions", lambda: SessionProbe(max_sessions=conf.max_sessions),
+             "UDP/TCP sessions per pod")):
+        try:
+            probe = make()
+            probe.start()
+            setattr(view, attr, probe)
+            view.components[name] = Component(name, True, what)
+        except Exception as e:  # ProbeUnavailable, or bcc failing in its own ways
+            view.components[name] = Component(name, False, str(e))
+            log.warning("%s not loaded: %s", name, e)
 
 
 def _mapping(doc: dict, key: str, where: str) -> dict:

@@ -40,7 +40,7 @@ class Fib:
         self.adopted.discard(prefix)
         try:
             if hops:
-                gws = [ipaddress.ip_address(h) for h in hops if ipaddress.ip_address(h).version == prefix.version]
+                gws = [g for g in map(ipaddress.ip_address, hops) if g.version == prefix.version]
                 if not gws:
                     return self._remove(prefix)
                 if len(gws) == 1:

@@ -32,8 +32,9 @@ class Sample:
 
 async def sample(v: AgentView) -> Sample:
     on_loop = (v.health(), v.peers(), len(v.advertised()), v.learned())
-    return Sample(*on_loop, ipam=await asyncio.to_thread(v.ipam), drops=await asyncio.to_thread(v.drop_snapshot),
-                  pods=await asyncio.to_thread(v.pods), sessions=await asyncio.to_thread(v.session_snapshot))
+    ipam = await asyncio.to_thread(v.ipam)
+    return Sample(*on_loop, ipam=ipam, drops=await asyncio.to_thread(v.drop_snapshot),
+                  pods=await asyncio.to_thread(v.pods, ipam[0]), sessions=await asyncio.to_thread(v.session_snapshot))
 
 
 class Collector:

@@ -123,13 +123,15 @@ class AgentView:
                           sum(r.state == HELD for r in mine)))
         return rows, pools, ""
 
-    def pods(self) -> tuple[dict, dict]:
-        """netns inode -> PodRef and netns cookie -> PodRef, from the IPAM reservations (cached 5 s)."""
+    def pods(self, rows: list | None = None) -> tuple[dict, dict]:
+        """netns inode -> PodRef and netns cookie -> PodRef, from the IPAM reservations (cached 5 s;
+        `rows`: reservations the caller has just read, so the store is not read twice)."""
         at, by_ino, by_cookie = self._pods
         if time.monotonic() - at < 5:
             return by_ino, by_cookie
         by_ino, by_cookie = {}, {}
-        rows, _pools, _err = self.ipam()
+        if rows is None:
+            rows, _pools, _err = self.ipam()
         cookie = None
         if self.sessions is not None:
             from .probe.sessions import netns_cookie as cookie

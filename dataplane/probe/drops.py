@@ -56,7 +56,7 @@ from typing import Iterable, Optional
 
 from .btf import Btf, BtfError
 from .errors import ProbeUnavailable
-from .kheaders import compile_bpf
+from .kheaders import compile_bpf, run_stats
 
 BPF_SOURCE = Path(__file__).with_name("drops.bpf.c")
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -428,16 +428,7 @@ class DropProbe:
         if self._bpf is None:
             return out
         for name, fn in self._bpf.funcs.items():
-            info: dict[str, int] = {}
-            try:
-                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
-                    for line in f:
-                        key, _, value = line.partition(":")
-                        if key in ("run_time_ns", "run_cnt"):
-                            info[key] = int(value)
-            except OSError:
-                continue
-            out[name.decode() if isinstance(name, bytes) else name] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
+            out[name.decode() if isinstance(name, bytes) else name] = run_stats(fn.fd)
         return out
 
     def close(self) -> None:

@@ -59,3 +59,18 @@ def compile_bpf(cflags: list[str], text: str = "", src_file: str = ""):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_stats(prog_fd: int) -> tuple[int, int]:
+    """(runs, total ns) of a loaded BPF program from its fdinfo; the kernel counts these only while
+    sysctl kernel.bpf_stats_enabled=1 (zero otherwise)."""
+    info: dict[str, int] = {}
+    try:
+        with open(f"/proc/self/fdinfo/{prog_fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("run_cnt", "run_time_ns"):
+                    info[key] = int(value)
+    except OSError:
+        pass
+    return info.get("run_cnt", 0), info.get("run_time_ns", 0)
