@@ -66,6 +66,13 @@ def test_both_sides_active_end_with_one_session(a_rid, b_rid):
     asyncio.run(main())
 
 
+def restarted_b(pa: int, pb: int, forwarding: bool) -> Speaker:
+    """b after a restart: R set, F as given, passive on its old address and port."""
+    lb = LocalConfig(asn=65002, router_id="192.0.2.2", hold_time=9, connect_retry_s=0.2,
+                     restarted=True, forwarding=forwarding)
+    return Speaker(lb, [PeerConfig(A, 65001, port=pa, passive=True, graceful_restart=True)], B, pb)
+
+
 def test_graceful_restart_helper_keeps_stale_routes_until_end_of_rib():
     async def main():
         a, b, pa, pb = pair(gr=True, b_passive=True)
@@ -82,9 +89,7 @@ def test_graceful_restart_helper_keeps_stale_routes_until_end_of_rib():
             await until(lambda: B in a.rib_in.stale, "a to keep b's routes as stale")
             assert a.rib_in.best[P] == (HOP,) and a.rib_in.best[P2] == (HOP,)
             # the restarted b: R set, forwarding kept; it sends only P again
-            lb = LocalConfig(asn=65002, router_id="192.0.2.2", hold_time=9, connect_retry_s=0.2,
-                             restarted=True, forwarding=True)
-            b2 = Speaker(lb, [PeerConfig(A, 65001, port=pa, passive=True, graceful_restart=True)], B, pb)
+            b2 = restarted_b(pa, pb, forwarding=True)
             b2.announce(P, HOP)
             await b2.start()
             await until(lambda: B not in a.rib_in.stale, "End-of-RIB from the restarted b")
@@ -110,9 +115,7 @@ def test_restart_without_forwarding_state_drops_stale_routes_at_once():
             await until(lambda: P in a.rib_in.best, "the route")
             await b.stop(graceful=True)
             await until(lambda: B in a.rib_in.stale, "stale")
-            lb = LocalConfig(asn=65002, router_id="192.0.2.2", hold_time=9, connect_retry_s=0.2,
-                             restarted=True, forwarding=False)  # e.g. the node rebooted
-            b2 = Speaker(lb, [PeerConfig(A, 65001, port=pa, passive=True, graceful_restart=True)], B, pb)
+            b2 = restarted_b(pa, pb, forwarding=False)  # e.g. the node rebooted
             b2.sessions[A].changed = lambda *a: None  # it holds routes back: only the OPEN matters here
             await b2.start()
             await until(lambda: a.sessions[B].state == ESTABLISHED, "Established again")
