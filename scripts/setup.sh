@@ -13,7 +13,7 @@ fi
 
 PKGS=(
     python3 python3-venv python3-pip python3-bpfcc linux-headers-amd64 bpfcc-tools
-    iproute2 iputils-ping tcpdump procps iperf3
+    iproute2 iputils-ping tcpdump procps iperf3 nftables conntrack
     containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd frr
 )
 missing=()
