@@ -54,6 +54,8 @@ def decode(stdin: bytes) -> dict:
         doc = json.loads(stdin)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CNIError(DECODE, f"cannot decode network config: {e}") from e
+    except RecursionError:
+        raise CNIError(DECODE, "cannot decode network config: nested too deeply") from None
     if not isinstance(doc, dict):
         raise CNIError(DECODE, "network config is not a JSON object")
     return doc
@@ -103,6 +105,10 @@ def parse(doc: dict) -> NetConf:
     conf.host_shim = _get(doc, "hostShim", bool, False)
     conf.default_route = _get(doc, "defaultRoute", bool, True)
     conf.state_dir = _get(doc, "stateDir", str, DEFAULT_STATE_DIR)
+    if not conf.state_dir.startswith("/"):
+        # a relative directory would follow the runtime's working directory: DEL from another
+        # one would find nothing to undo
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'stateDir' {conf.state_dir!r} is not an absolute path")
     conf.ipam = _get(doc, "ipam", dict, {})
     if doc.get("ipam") is not None:
         t = _get(conf.ipam, "type", str, required=True)
@@ -115,3 +121,28 @@ def parse(doc: dict) -> NetConf:
     if prev is not None:
         conf.prev_result = Result.parse(prev, "prevResult")
     return conf
+
+
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # libcni sends both (SPEC 1.1.0 renamed it)
+
+
+def gc_attachments(doc: dict) -> set[tuple[str, str]]:
+    """The runtime's list of attachments that are still valid, for GC, as (container ID, ifname).
+    Anything malformed is code 7: a GC must never delete on a list it could not read (junk
+    entries dropped would make the list look empty, and every pod a leak)."""
+    present = [k for k in GC_KEYS if k in doc]
+    if not present:
+        raise CNIError(INVALID_CONFIG, "invalid network config: GC needs the list 'cni.dev/valid-attachments'")
+    out: set[tuple[str, str]] = set()
+    for k in present:
+        lst = doc[k]
+        if not isinstance(lst, list):
+            raise CNIError(INVALID_CONFIG, f"invalid network config: {k!r} must be a list, got {json.dumps(lst)[:80]}")
+        for i, a in enumerate(lst):
+            cid = a.get("containerID") if isinstance(a, dict) else None
+            ifname = a.get("ifname") if isinstance(a, dict) else None
+            if not (isinstance(cid, str) and cid and isinstance(ifname, str) and ifname):
+                raise CNIError(INVALID_CONFIG, f"invalid network config: {k}[{i}] must be an object with "
+                               f"non-empty string 'containerID' and 'ifname', got {json.dumps(a)[:80]}")
+            out.add((cid, ifname))
+    return out

@@ -14,6 +14,7 @@ from .result import Result
 
 TIMEOUT_S = 60.0
 IN_PROCESS = "moor-ipam"
+UNDO_ENV = "MOOR_IPAM_UNDO"  # a DEL that rolls back a failed ADD (moor-ipam restores the previous holder)
 
 
 def find_plugin(name: str, path: list[str]) -> str:

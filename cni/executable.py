@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
+from .errors import DECODE, INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -16,14 +16,22 @@ if TYPE_CHECKING:
 def serve(run: Call) -> int:
     """Read the config from stdin, run the call with this process's environment, write exactly
     its output (result or error JSON; libcni reads errors on stdout too) and return its code."""
-    try:
-        stdin = sys.stdin.buffer.read()
-    except OSError as e:
-        out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
+    if sys.stdin is None:  # started with stdin closed (`<&-`): there is no config to read
+        out, code = CNIError(DECODE, "cannot decode network config: stdin is closed").to_json(None), 1
     else:
-        out, code = run(os.environ, stdin)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
+        try:
+            stdin = sys.stdin.buffer.read()
+        except OSError as e:
+            out, code = CNIError(IO_FAILURE, f"cannot read network config from stdin: {e}").to_json(None), 1
+        else:
+            out, code = run(os.environ, stdin)
+    if sys.stdout is None:  # nowhere to answer; the exit code still tells
+        return code
+    try:
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+    except OSError:  # the runtime stopped reading (a closed pipe): the exit code still tells
+        pass
     return code
 
 
@@ -31,6 +39,8 @@ def error_reply(e: Exception, cni_version: str | None) -> tuple[bytes, int]:
     """Any failure as spec JSON and exit code 1: never a traceback on stdout, where libcni reads."""
     if isinstance(e, CNIError):
         err = e
+    elif isinstance(e, RecursionError):
+        err = CNIError(DECODE, "cannot decode network config: nested too deeply")
     elif isinstance(e, OSError):
         from .netlink.rtnl import NetlinkError  # loaded already whenever netlink could fail
         err = CNIError(KERNEL_REFUSED if isinstance(e, NetlinkError) else IO_FAILURE, str(e))

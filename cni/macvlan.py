@@ -152,7 +152,7 @@ class MacvlanPlugin(Mode):
         ipam = Result()
         if c.ipam:
             ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
-                             lambda: self._ipam("DEL"))
+                             self._ipam_undo)
         mac = self._choose_mac(ipam.ips)
 
         att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import delegate
+from . import config, delegate
 from . import mac as macs
 from .config import NetConf
 from .env import Env
@@ -24,7 +24,8 @@ def open_pod_netns(env: Env) -> int:
         return netns.open_netns(env.netns)
     except FileNotFoundError:
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {env.netns} does not exist") from None
-    except (ValueError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # code 4, not 3: the variable is wrong, and 3 would tell the runtime no clean-up is needed
         raise CNIError(INVALID_ENV, f"invalid CNI_NETNS {env.netns!r}: {e}") from None
 
 
@@ -51,6 +52,13 @@ class Mode:
     def _ipam(self, command: str) -> Optional[dict]:
         return delegate.run(self.conf.ipam["type"], command, self.environ, self.env.path, self.conf.raw)
 
+    def _ipam_undo(self) -> None:
+        """Roll back this ADD's allocation: a DEL that tells moor-ipam (MOOR_IPAM_UNDO, which other
+        IPAM plugins ignore) to put back exactly what the ADD replaced, e.g. the IP's previous
+        holder, instead of holding the IP for a container that never ran."""
+        env = dict(self.environ, **{delegate.UNDO_ENV: "1"})
+        delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+
     def _choose_mac(self, ips: list[IPConfig]) -> str:
         c = self.conf
         if c.runtime("mac"):
@@ -69,8 +77,8 @@ class Mode:
         """Delete the pod's link of `kind` if its netns still exists; a missing netns or link is fine."""
         try:
             nsfd = netns.open_netns(path)
-        except (FileNotFoundError, ValueError, NotADirectoryError, IsADirectoryError):
-            return  # the netns is gone, and the macvlan with it
+        except (FileNotFoundError, ValueError, NotADirectoryError, IsADirectoryError, PermissionError):
+            return  # the netns is gone (and the macvlan with it), or it never was one
         try:
             try:
                 pod = pod_socket(nsfd, path)
@@ -85,29 +93,51 @@ class Mode:
         finally:
             os.close(nsfd)
 
+    def forgotten(self) -> bool:
+        """No record of this attachment is left on the node (after a DEL or a rolled-back ADD)."""
+        try:
+            return self.store.get(self.conf.name, self.env.container_id, self.env.ifname) is None
+        except CNIError:
+            return False  # unreadable: keep its lock file, it costs nothing
+
     def gc(self) -> None:
         """Release attachments the runtime no longer lists. Like a leak in IPAM, a record is
         released only when a second GC still finds it missing (an ADD may be in flight while the
-        runtime builds its list). Without a list, nothing is collected."""
-        raw = self.conf.raw
-        # SPEC 1.1.0 named the key cni.dev/attachments; libcni sends cni.dev/valid-attachments
-        lists = [raw[k] for k in ("cni.dev/valid-attachments", "cni.dev/attachments") if isinstance(raw.get(k), list)]
-        if not lists:
-            return
-        valid = {(a.get("containerID"), a.get("ifname")) for lst in lists for a in lst if isinstance(a, dict)}
+        runtime builds its list), and never while another operation holds its lock. A list that
+        is missing or malformed is code 7 and nothing is touched."""
+        valid = config.gc_attachments(self.conf.raw)
         ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
-        for att in self.store.all(self.conf.name):
-            if (att.container_id, att.ifname) in valid:
+        for seen in self.store.all(self.conf.name):
+            if (seen.container_id, seen.ifname) in valid:
+                with self.store.attachment_lock(seen.network, seen.container_id, seen.ifname, wait=False) as lock:
+                    if lock is None:
+                        continue
+                    att = self.store.get(seen.network, seen.container_id, seen.ifname)
+                    if att is None:
+                        lock.discard()  # deleted since it was listed: its lock file goes too
+                        continue
+                    self.store.drop_temp(att)
+                    if att.gc_seen:  # listed again (an ADD the previous list missed): no leak after all
+                        att.gc_seen = 0
+                        self.store.put(att)
                 continue
-            if not att.gc_seen:
-                att.gc_seen = 1
-                self.store.put(att)
-                continue
-            self._release(att)
-            if self.conf.ipam and not ipam_gc:
-                env = dict(self.environ, CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname,
-                           CNI_NETNS=att.netns)
-                delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+            with self.store.attachment_lock(seen.network, seen.container_id, seen.ifname, wait=False) as lock:
+                if lock is None:
+                    continue  # an ADD or DEL of it is running: not a leak to judge now
+                att = self.store.get(seen.network, seen.container_id, seen.ifname)
+                if att is None:
+                    lock.discard()  # deleted meanwhile: its lock file goes too
+                    continue
+                if not att.gc_seen:
+                    att.gc_seen = 1
+                    self.store.put(att)
+                    continue
+                self._release(att)
+                if self.conf.ipam and not ipam_gc:
+                    env = dict(self.environ, CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname,
+                               CNI_NETNS=att.netns)
+                    delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+                lock.discard()
         if ipam_gc:
             self._ipam("GC")
 

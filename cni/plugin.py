@@ -17,13 +17,14 @@ from .executable import error_reply, serve
 from .steps import Steps
 
 FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
+PAUSE_ENV = "MOOR_PAUSE"  # tests: "STEP:SECONDS", sleep after that ADD step so other calls overlap it
 TIMING_ENV = "MOOR_TIMING"  # print per-step timings to stderr
 
 
 def _peek_version(stdin: bytes):
     try:
         doc = json.loads(stdin)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     v = doc.get("cniVersion") if isinstance(doc, dict) else None
     return v if isinstance(v, str) else None
@@ -32,7 +33,7 @@ def _peek_version(stdin: bytes):
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
     t0 = time.perf_counter()
     cni_version = None
-    steps = Steps(failpoint=environ.get(FAILPOINT_ENV) or None)
+    steps = Steps(failpoint=environ.get(FAILPOINT_ENV) or None, pause=environ.get(PAUSE_ENV) or None)
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
             return version.reply(stdin), 0
@@ -52,14 +53,24 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
             from .macvlan import MacvlanPlugin as Plugin
         plugin = Plugin(env, conf, environ)
         try:
-            if env.command == "ADD":
-                result = plugin.add(steps)
-                return json.dumps(result.to_dict(conf.cni_version)).encode() + b"\n", 0
-            if env.command == "DEL":
-                plugin.delete()
-            elif env.command == "CHECK":
-                plugin.check()
-            elif env.command == "GC":
+            if env.command in ("ADD", "DEL", "CHECK"):
+                # one operation per attachment at a time: a DEL that arrives during an ADD (kubelet
+                # gave up waiting) waits for it and then undoes it, so the pod's interface, routes
+                # and IP are either all there or all gone
+                with plugin.store.attachment_lock(conf.name, env.container_id, env.ifname) as lock:
+                    try:
+                        if env.command == "ADD":
+                            result = plugin.add(steps)
+                            return json.dumps(result.to_dict(conf.cni_version)).encode() + b"\n", 0
+                        if env.command == "DEL":
+                            plugin.delete()
+                        else:
+                            plugin.check()
+                        return b"", 0
+                    finally:
+                        if plugin.forgotten():
+                            lock.discard()  # nothing of the attachment is left: neither is its lock file
+            if env.command == "GC":
                 plugin.gc()
             elif env.command == "STATUS":
                 plugin.status()

@@ -58,7 +58,7 @@ class RoutedPlugin(Mode):
             raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
         hname = self._host_name()
         ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
-                         lambda: self._ipam("DEL"))
+                         self._ipam_undo)
         ips = [i.address.ip for i in ipam.ips]
         mac = self._choose_mac(ipam.ips)
         att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname, parent="",

@@ -1,15 +1,23 @@
 """What ADD did on the node, kept per attachment so DEL and GC can undo it without prevResult
-(containerd's second DEL has no netns and no prevResult), and locks for shared node objects."""
+(containerd's second DEL has no netns and no prevResult); the lock that makes ADD, DEL, CHECK and
+GC of one attachment run one at a time; and locks for shared node objects."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
+
+from .errors import IO_FAILURE, CNIError
+from .lock import digest, held
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Iterator, Optional
+
 
 
 @dataclass
@@ -26,6 +34,27 @@ class Attachment:
     gc_seen: int = 0  # a GC found it missing from the runtime's list once; the next GC releases it
 
 
+def _io_error(what: str, path: str, e: OSError) -> CNIError:
+    return CNIError(IO_FAILURE, f"cannot {what} {path}: {e.strerror or e}")
+
+
+def _load(path: str) -> Optional[Attachment]:
+    """A record, or None when there is none; a torn or foreign file is reported and ignored."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return Attachment(**doc)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a legacy name for a long ID: there is no such file
+            return None
+        raise _io_error("read", path, e) from e
+    except (ValueError, TypeError, RecursionError) as e:
+        print(f"moor: ignoring the unreadable attachment record {path}: {e}", file=sys.stderr)
+        return None
+
+
 class Store:
     def __init__(self, state_dir: str):
         self.root = state_dir
@@ -34,31 +63,53 @@ class Store:
         return os.path.join(self.root, "networks", network)
 
     def _path(self, network: str, container_id: str, ifname: str) -> str:
+        return os.path.join(self._dir(network), digest(container_id, ifname) + ".json")
+
+    def _legacy_path(self, network: str, container_id: str, ifname: str) -> str:
+        # records written before names were hashed; read and removed, never written
         return os.path.join(self._dir(network), f"{container_id}_{ifname}.json")
 
     def put(self, att: Attachment) -> None:
         d = self._dir(att.network)
-        os.makedirs(d, mode=0o700, exist_ok=True)
         path = self._path(att.network, att.container_id, att.ifname)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(att), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a crash leaves the old record or the new one
+        # one temp name per record: writers of a record hold its attachment lock, and a writer
+        # that was killed leaves at most this one file, which the next put, remove or GC clears
+        tmp = path + ".tmp"
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(asdict(att), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: a crash leaves the old record or the new one
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _io_error("write the attachment record", path, e) from e
 
     def get(self, network: str, container_id: str, ifname: str) -> Optional[Attachment]:
-        try:
-            with open(self._path(network, container_id, ifname)) as f:
-                return Attachment(**json.load(f))
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError):
-            return None  # a torn or foreign file is not ours to trust
+        att = _load(self._path(network, container_id, ifname))
+        if att is None:
+            att = _load(self._legacy_path(network, container_id, ifname))
+        if att is not None and (att.network, att.container_id, att.ifname) != (network, container_id, ifname):
+            return None  # a hash collision, or a record copied by hand: not this attachment's
+        return att
 
     def remove(self, network: str, container_id: str, ifname: str) -> None:
+        path = self._path(network, container_id, ifname)
+        for path in (path, path + ".tmp", self._legacy_path(network, container_id, ifname)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise _io_error("remove", path, e) from e
+
+    def drop_temp(self, att: Attachment) -> None:
+        """A killed writer's temp file of this record (call with the attachment's lock held)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(network, container_id, ifname))
+            os.unlink(self._path(att.network, att.container_id, att.ifname) + ".tmp")
 
     def all(self, network: Optional[str] = None) -> list[Attachment]:
         nets = [network] if network else self._networks()
@@ -69,13 +120,10 @@ class Store:
             except FileNotFoundError:
                 continue
             for n in names:
-                if not n.endswith(".json"):
-                    continue
-                try:
-                    with open(os.path.join(self._dir(net), n)) as f:
-                        out.append(Attachment(**json.load(f)))
-                except (OSError, ValueError, TypeError):
-                    continue
+                if n.endswith(".json"):
+                    att = _load(os.path.join(self._dir(net), n))
+                    if att is not None:
+                        out.append(att)
         return out
 
     def _networks(self) -> list[str]:
@@ -83,6 +131,12 @@ class Store:
             return os.listdir(os.path.join(self.root, "networks"))
         except FileNotFoundError:
             return []
+
+    # -- one operation per attachment --------------------------------------------------------
+    def attachment_lock(self, network: str, container_id: str, ifname: str, wait: bool = True):
+        """The attachment's lock, held for a whole ADD, DEL, CHECK or GC of it (cni.lock.held)."""
+        return held(os.path.join(self.root, "locks"), (network, container_id, ifname),
+                    f"container {container_id[:64]} {ifname}", wait)
 
     # -- shared node objects (a VLAN sub-interface, a host shim) ----------------------------
     def users(self, parent: str) -> int:

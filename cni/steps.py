@@ -21,6 +21,7 @@ class InjectedFailure(Exception):
 @dataclass
 class Steps:
     failpoint: Optional[str] = None  # name of the step after which to fail (tests)
+    pause: Optional[str] = None  # "STEP:SECONDS": sleep after that step (tests: make calls overlap)
     done: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # every step that ran, in order
     undo_errors: list[str] = field(default_factory=list)
@@ -33,6 +34,9 @@ class Steps:
             self.done.append((name, undo))
         value = do()
         self.names.append(name)
+        if self.pause and self.pause.partition(":")[0] == name:
+            import time
+            time.sleep(float(self.pause.partition(":")[2] or 1))
         if self.failpoint == name:
             raise InjectedFailure(f"failpoint after step {name!r}")
         return value

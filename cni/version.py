@@ -32,7 +32,7 @@ def reply(stdin: bytes) -> bytes:
         doc = json.loads(stdin) if stdin.strip() else {}
         if isinstance(doc, dict) and isinstance(doc.get("cniVersion"), str):
             asked = doc["cniVersion"]
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         pass
     if asked not in SUPPORTED:
         asked = LATEST

@@ -3,10 +3,7 @@ plugin's attachment records and the IPAM database, read-only. It says what it ca
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import sqlite3
-import urllib.parse
 from typing import Any, Optional
 
 from .. import counters as kc
@@ -50,8 +47,10 @@ def resolve_netns(names: list[str]) -> list[tuple[str, Optional[str]]]:
             raise NotFound(f"network namespace {name!r} not found ({path} does not exist; named namespaces: {known})")
         try:
             os.close(_open_check(path))
-        except ValueError:
-            raise NotFound(f"{path} is not a network namespace") from None
+        except ValueError as e:
+            raise NotFound(str(e)) from None
+        except OSError as e:
+            raise NotFound(f"cannot open {path}: {e.strerror or e}") from None
         out.append((name if not name.startswith("/") else path, path))
     return out
 
@@ -292,63 +291,27 @@ def neighbours(names: dict) -> list[str]:
 # IPAM, read-only
 
 
-def read_ipam_dir(data_dir: str, network: str = "") -> IpamView:
-    """Every reservation in the embedded store of `data_dir` (moor-ipam's ipam.sqlite3), opened
-    read-only: netdiag never takes the write lock the plugin needs."""
-    path = os.path.join(data_dir, "ipam.sqlite3")
-    view = IpamView(where=path)
-    if not os.path.exists(path):
-        view.error = f"no IPAM database at {path}"
-        return view
-    try:
-        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = db.execute("SELECT network, ip, data FROM reservations").fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        view.error = f"cannot read {path}: {e}"
-        return view
-    from ipam.reservation import Reservation
-    for net, _ip, data in rows:
-        if network and net != network:
-            continue
-        try:
-            view.reservations.append(reservation(Reservation.from_dict(json.loads(data)), net))
-        except (ValueError, TypeError):
-            continue
+def _ipam_view(snaps: list) -> IpamView:
+    view = IpamView(where=snaps[0].where if snaps else "", error="; ".join(s.error for s in snaps if s.error))
+    for snap in snaps:
+        view.reservations += [reservation(r, snap.network) for r in snap.reservations]
+        view.pools += [PoolUsage(cidr=p.cidr, size=p.size, active=p.active, held=p.held) for p in snap.pools]
     view.reservations.sort(key=_ip_key)
     return view
 
 
+def read_ipam_dir(data_dir: str, network: str = "") -> IpamView:
+    """Every reservation in the embedded store of `data_dir`, read-only (ipam.read): netdiag never
+    takes the write lock the plugin needs."""
+    from ipam.read import snapshot_dir
+    return _ipam_view(snapshot_dir(data_dir, network or None))
+
+
 def read_ipam_config(config: str) -> IpamView:
     """The reservations of the network a moor-ipam config file names, from its store (the embedded
-    one read-only, or etcd), with the usage of its pools."""
-    from ipam.cli import read_netconf
-    try:
-        _doc, conf = read_netconf(config)
-    except ValueError as e:
-        return IpamView(where=config, error=str(e))
-    if conf.etcd_endpoints:
-        from ipam.store import open_store
-        view = IpamView(where=f"etcd {', '.join(conf.etcd_endpoints)} {conf.etcd_prefix}")
-        try:
-            store = open_store(conf)
-            try:
-                rows = store.transact(conf.network, lambda v: v.values())
-            finally:
-                store.close()
-            view.reservations = sorted((reservation(r, conf.network) for r in rows), key=_ip_key)
-        except Exception as e:  # CNIError, network errors: the view says why
-            view.error = f"cannot read {view.where}: {getattr(e, 'msg', e)}"
-    else:
-        view = read_ipam_dir(conf.data_dir, conf.network)
-    for p in conf.pools:
-        inside = [r for r in view.reservations if ipaddress.ip_address(r.ip) in p.cidr]
-        view.pools.append(PoolUsage(cidr=str(p.cidr), size=p.size(),
-                                    active=sum(1 for r in inside if r.state == "active"),
-                                    held=sum(1 for r in inside if r.state == "held")))
-    return view
+    one read-only, or etcd), with the usage of its pools (ipam.read)."""
+    from ipam.read import snapshot_file
+    return _ipam_view([snapshot_file(config)])
 
 
 def _ip_key(r: ReservationInfo) -> tuple:

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from cni.state import digest
 from dataplane.nslab import Lab, sh
 from tests.helpers import REF_PLUGINS, cni_path, files, ipj
 
@@ -169,7 +170,7 @@ def _assert_attached(pm: Podman, name: str, info: dict[str, Any]) -> tuple[str, 
     reported = info["NetworkSettings"]["Networks"][pm.net]
     assert (reported["IPAddress"], reported["MacAddress"], reported["Gateway"]) == (ip, mac, GATEWAY)
     # moor recorded the attachment, host-local the lease
-    assert [p for p, _ in files(pm.tmp / "state" / "networks")] == [f"{pm.net}/{info['Id']}_eth0.json"]
+    assert [p for p, _ in files(pm.tmp / "state" / "networks")] == [f"{pm.net}/{digest(info['Id'], 'eth0')}.json"]
     assert [p for p, _ in files(pm.tmp / "ipam")] == [f"{pm.net}/{ip}"]
 
     ping = pm("exec", name, "ping", "-c", "1", "-W", "2", GATEWAY, check=False)

@@ -73,6 +73,18 @@ CASES = [
     ("check-needs-prev-result", _with(), {}, "CHECK", 7, "prevResult"),
     ("gc-needs-1.1.0", _with(cniVersion="1.0.0"), {}, "GC", 1, "does not allow GC"),
     ("garbage-prev-result", _with(prevResult={"ips": [{"address": "x"}]}), {}, "DEL", 6, "prevResult"),
+    ("deeply-nested-json", b'{"a": ' + b"[" * 100000, {}, "ADD", 6, "nested too deeply"),
+    ("state-dir-relative", _with(stateDir="var/lib/moor"), {}, "ADD", 7, "'stateDir' 'var/lib/moor' is not an absolute"),
+    ("state-dir-empty", _with(stateDir=""), {}, "DEL", 7, "'stateDir' '' is not an absolute"),
+    ("netns-mount-namespace", _with(), {"CNI_NETNS": "/proc/self/ns/mnt"}, "ADD", 4, "not a network namespace"),
+    ("netns-directory", _with(), {"CNI_NETNS": "/run"}, "ADD", 4, "not a network namespace"),
+    ("netns-relative", _with(), {"CNI_NETNS": "run/netns/x"}, "ADD", 4, "absolute"),
+    ("gc-list-as-container-id", _with(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": ["a"], "ifname": "eth0"}]}), {}, "GC", 7, "containerID"),
+    ("moor-ipam-pool-everything", _ipam(type="moor-ipam", ranges=None, pools=[{"cidr": "::/0"}]), {}, "ADD", 7,
+     "whole address space"),
+    ("moor-ipam-relative-data-dir", _ipam(type="moor-ipam", ranges=None, dataDir="ipam",
+                                          pools=[{"cidr": "192.0.2.0/24"}]), {}, "ADD", 7, "'ipam.dataDir'"),
 ]
 
 

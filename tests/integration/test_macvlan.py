@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from cni.state import digest
+
 from dataplane.nslab import sh
 from tests.helpers import ipj, run_cni
 from tests.integration.conftest import GATEWAY, MacvlanNet
@@ -240,7 +242,7 @@ def test_gc_releases_attachments_the_runtime_no_longer_lists(net: MacvlanNet):
     r = run_cni(net.node, "GC", gc_conf, path=net.path, container_id="", netns="", ifname="")
     assert r.code == 0, r.stdout
     records = sorted(p.name for p in (net.tmp / "state" / "networks" / "mnet").iterdir())
-    assert records == ["cid-pod2_eth0.json"]
+    assert records == [digest("cid-pod2", "eth0") + ".json"]  # file names hash the container ID
 
     assert ipj(net.node, "route", "show", f"{_ip(r1)}/32") == []
     assert ipj(net.node, "route", "show", f"{_ip(r2)}/32") != []
@@ -249,12 +251,21 @@ def test_gc_releases_attachments_the_runtime_no_longer_lists(net: MacvlanNet):
         [p.name for p in (net.tmp / "ipam").rglob("192.0.2.*")] == [_ip(r2)]  # host-local lease released
 
 
-def test_gc_without_an_attachment_list_collects_nothing(net: MacvlanNet):
+@pytest.mark.parametrize("extra", [
+    {}, {"cni.dev/valid-attachments": None}, {"cni.dev/valid-attachments": {"containerID": "x"}},
+    {"cni.dev/valid-attachments": [1, "x", None, {"containerID": 5}]},
+    {"cni.dev/valid-attachments": [{"containerID": ["cid-pod1"], "ifname": "eth0"}]},
+    {"cni.dev/valid-attachments": [{"containerID": "cid-pod1"}]},
+    {"cni.dev/valid-attachments": [], "cni.dev/attachments": "all"},
+], ids=["missing", "null", "object", "junk-entries", "list-as-id", "no-ifname", "second-key-junk"])
+def test_gc_with_a_missing_or_malformed_attachment_list_is_refused_and_collects_nothing(net: MacvlanNet, extra):
     conf = net.conf("1.1.0", hostShim=True)
     net.add("pod1", conf)
-    for _ in range(2):
-        assert run_cni(net.node, "GC", conf, path=net.path, container_id="", netns="", ifname="").code == 0
-    assert len(list((net.tmp / "state" / "networks" / "mnet").iterdir())) == 1
+    before = net.snapshot()
+    for _ in range(2):  # two passes would release a leak: nothing may even be marked
+        r = run_cni(net.node, "GC", dict(conf, **extra), path=net.path, container_id="", netns="", ifname="")
+        assert r.error_code == 7 and "attachments" in r.json["msg"], r.stdout
+    assert net.snapshot() == before
 
 
 def test_status_reports_a_missing_master(net: MacvlanNet):

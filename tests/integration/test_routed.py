@@ -158,8 +158,9 @@ def test_the_step_list_is_complete(routed: MacvlanNet):
 
 
 def test_fixed_ip_pod_recreated_on_another_node_is_reachable_at_the_same_ip(routed: MacvlanNet, tmp_path):
-    """The /32 moves with the pod: node B takes over the IP from a shared (here: copied) store
-    once the pod object is new (new UID), and the router follows the host route."""
+    """The /32 moves with the pod: node B takes over the IP from a shared (here: the same) store
+    once the pod object is new (new UID) *and* the old node says its sandbox is gone (its GC no
+    longer finds it in the runtime's list); until then node B is told to retry (code 11)."""
     net = routed
     first = net.add("pod1", _conf(net), args=_args("db-0"))
     ip = _ip(first)
@@ -173,13 +174,23 @@ def test_fixed_ip_pod_recreated_on_another_node_is_reachable_at_the_same_ip(rout
     net.lab.addr(net.peer, "pp1", "198.51.100.1/24")
     net.lab.run(node_b, "ip", "route", "add", "default", "via", "198.51.100.1")
     net.lab.run(node_b, "sysctl", "-q", "-w", "net.ipv4.conf.up0.forwarding=1")
-    # the old node died: its pod is gone; the pod is re-created on node B with a new UID
+    pod_b = net.lab.ns("podb")
+
+    def add_on_b():
+        return run_cni(node_b, "ADD", _conf(net), path=net.path, container_id="cid-b", netns=Lab.path(pod_b),
+                       ifname="eth0", args="IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=db-0;K8S_POD_UID=u-new",
+                       env={"MOOR_NODE_NAME": "node-b"})
+    # the pod is re-created on node B with a new UID while node A still runs the old sandbox
+    r = add_on_b()
+    assert r.error_code == 11 and "still attached" in r.json["msg"], r.stdout
+    assert ipj(pod_b, "link", "show") == [ipj(pod_b, "link", "show")[0]]  # nothing but lo: rolled back
+    assert net.lab.ping(net.peer, ip)  # the old pod never lost its IP
+    # node A's runtime lost the old sandbox; node A's GC finds it missing from the runtime's list
     sh("ip", "netns", "del", net.pods.pop("pod1"))
     net.lab.namespaces.remove(f"{net.lab.prefix}-pod1")
-    pod_b = net.lab.ns("podb")
-    r = run_cni(node_b, "ADD", _conf(net), path=net.path, container_id="cid-b", netns=Lab.path(pod_b),
-                ifname="eth0", args="IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=db-0;K8S_POD_UID=u-new",
-                env={"MOOR_NODE_NAME": "node-b"})
+    gc = dict(_conf(net, "1.1.0"), **{"cni.dev/valid-attachments": []})
+    assert run_cni(net.node, "GC", gc, path=net.path, container_id="", netns="", ifname="").code == 0
+    r = add_on_b()
     assert r.code == 0, r.stdout
     assert _ip(r.json) == ip
     net.lab.run(net.peer, "ip", "route", "replace", f"{ip}/32", "via", "198.51.100.3")  # BGP's job later
