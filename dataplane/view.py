@@ -3,7 +3,6 @@ and the probe's drops and sessions attributed to pods. One place, so `netdiag` o
 Prometheus scrape never disagree."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -11,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 
 from bgp.session import ESTABLISHED
-from ipam.reservation import ACTIVE, HELD
 
 log = logging.getLogger("moord.view")
 
@@ -97,31 +95,14 @@ class AgentView:
 
     # -- IPAM ----------------------------------------------------------------------------------
     def ipam(self) -> tuple[list, list[tuple[str, int, int, int]], str]:
-        """(reservations, [(pool cidr, size, active, held)], error)."""
+        """(reservations, [(pool cidr, usable size, active, held)], error), read-only through
+        ipam.read: a locked or broken store is reported, never fatal to a scrape."""
         if not self.ipam_config:
             return [], [], "no ipam.config in moord's config: reservations are not visible"
-        from ipam.cli import read_netconf
-        from ipam.store import open_store
-        try:
-            _doc, conf = read_netconf(self.ipam_config)
-            store = open_store(conf)
-        except Exception as e:  # a locked or broken store is reported, never fatal to a scrape
-            return [], [], f"opening the IPAM store: {getattr(e, 'msg', None) or e}"
-        try:
-            rows = sorted(store.transact(conf.network, lambda v: v.values()), key=lambda r: r.ip)
-        except Exception as e:  # a store error is reported, never fatal to the agent
-            return [], [], f"reading reservations: {e}"
-        finally:
-            store.close()
-        pools = []
-        for p in conf.pools:
-            mine = [r for r in rows if ipaddress.ip_address(r.ip) in p.cidr]
-            size = p.size()
-            if size <= 1 << 16:  # exact for pools a node counts; big IPv6 ranges keep the raw size
-                size = sum(p.usable(type(p.start)(i)) for i in range(int(p.start), int(p.end) + 1))
-            pools.append((str(p.cidr), size, sum(r.state == ACTIVE for r in mine),
-                          sum(r.state == HELD for r in mine)))
-        return rows, pools, ""
+        from ipam.read import snapshot_file
+        snap = snapshot_file(self.ipam_config)
+        # corrupt records are rows like any other (state "corrupt"): in use, shown, never fatal
+        return snap.reservations, [(p.cidr, p.size, p.active, p.held) for p in snap.pools], snap.error
 
     def pods(self, rows: list | None = None) -> tuple[dict, dict]:
         """netns inode -> PodRef and netns cookie -> PodRef, from the IPAM reservations (cached 5 s;

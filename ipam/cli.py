@@ -1,12 +1,14 @@
 """Operator commands of moor-ipam (run with arguments; without, it is the CNI plugin):
 
-    moor-ipam list CONFIG                 every reservation of the network, as a table or --json
+    moor-ipam list CONFIG                 every reservation of the network and its pools, as a
+                                          table or --json; corrupt records are listed with why
     moor-ipam release CONFIG IP           end a hold (e.g. release "never"): the IP cools down, then
-                                          is free; an IP in use needs --force
+                                          is free; an IP in use, or a corrupt record, needs --force
     moor-ipam reconcile CONFIG            two-pass release of this node's attachments whose netns
                                           is gone (a crashed runtime never sent DEL)
 
 CONFIG is the network config file (a .conf, or a .conflist whose first moor-ipam plugin is used).
+Bad input or an unreadable store is a one-line message and exit 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -20,83 +22,96 @@ import time
 from cni.errors import CNIError
 
 from . import policy
-from .config import IPAMConf, parse
+from .collect import gc
+from .read import read_netconf, snapshot
+from .reservation import CORRUPT
 from .store import open_store
 
 
-def read_netconf(path: str) -> tuple[dict, IPAMConf]:
-    """The network config file (a .conf, or a .conflist whose first moor-ipam plugin is used) and
-    its IPAM part; ValueError naming what is wrong."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
-    if isinstance(doc.get("plugins"), list):  # a conflist: the plugin that uses moor-ipam
-        plugin = next((p for p in doc["plugins"] if isinstance(p, dict)
-                       and (p.get("ipam") or {}).get("type") == "moor-ipam"), None)
-        if plugin is None:
-            raise ValueError(f"no plugin in {path} uses moor-ipam")
-        doc = dict(plugin, name=doc.get("name"), cniVersion=doc.get("cniVersion"))
-    try:
-        return doc, parse(doc)
-    except CNIError as e:
-        raise ValueError(f"{path}: {e.msg}") from e
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: exit 2 as well, one line
+        self.exit(2, f"moor-ipam: {message}\n")
 
 
-def _load(path: str) -> tuple[dict, IPAMConf]:
-    try:
-        return read_netconf(path)
-    except ValueError as e:
-        raise SystemExit(f"moor-ipam: {e}")
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="moor-ipam", description="moor's static IPAM: operator commands")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="moor-ipam", description="moor's static IPAM: operator commands")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     p_list = sub.add_parser("list", help="list reservations")
     p_list.add_argument("config")
     p_list.add_argument("--json", action="store_true")
     p_rel = sub.add_parser("release", help="release one IP")
     p_rel.add_argument("config")
     p_rel.add_argument("ip")
-    p_rel.add_argument("--force", action="store_true", help="release it even while a container uses it")
+    p_rel.add_argument("--force", action="store_true",
+                       help="release it even while a container uses it, or when its record is corrupt")
     p_rel.add_argument("--seq", type=int, help="only if its sequence number is still this (from list)")
     p_rec = sub.add_parser("reconcile", help="release attachments whose netns is gone (two passes)")
     p_rec.add_argument("config")
-    a = ap.parse_args(argv)
-    netconf, conf = _load(a.config)
-    store = open_store(conf)
+    return ap
+
+
+class Failed(Exception):
+    """A message for the operator; exit 2."""
+
+
+def _list(conf, as_json: bool) -> None:
+    snap = snapshot(conf)
+    if snap.error:
+        raise Failed(snap.error)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in snap.reservations], indent=2))
+        return
+    print(f"{'IP':<24} {'STATE':<8} {'POD':<32} {'CONTAINER':<14} {'NODE':<12} SEQ")
+    for r in snap.reservations:
+        who = r.detail[:60] if r.state == CORRUPT else (r.pod or r.identity)
+        print(f"{r.ip:<24} {r.state:<8} {who:<32} {r.container_id[:12]:<14} {r.node:<12} {r.seq}")
+    print()
+    for p in snap.pools:
+        extra = f", {p.corrupt} corrupt" if p.corrupt else ""
+        print(f"pool {p.cidr}: {p.active} active, {p.held} held{extra} of {p.size} addresses")
+    for r in snap.corrupt:
+        print(f"corrupt record {r.ip!r} in {snap.where}: {r.detail}; it is in use for everyone until "
+              f"`moor-ipam release CONFIG {r.ip} --force`", file=sys.stderr)
+
+
+def _release(conf, store, key: str, force: bool, seq: int | None) -> None:
     try:
+        ip = str(ipaddress.ip_address(key))
+    except ValueError:
+        ip = key  # only a corrupt record sits under a key that is no address
+        if not force or not any(r.ip == key and r.state == CORRUPT for r in store.read(conf.network)):
+            raise Failed(f"{key!r} is not an IP address") from None
+    old = store.transact(conf.network, lambda v: v.get(ip))
+    store.transact(conf.network, lambda v: policy.release_ip(v, conf, ip, time.time(), force, seq))
+    print(f"{ip} released (was {old.holder() if old else 'free'}); free for anyone after {conf.cooldown_s:g} s")
+
+
+def main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        try:
+            netconf, conf = read_netconf(a.config)
+        except ValueError as e:
+            raise Failed(str(e)) from None
         if a.cmd == "list":
-            rows = sorted(store.transact(conf.network, lambda v: v.values()), key=lambda r: r.ip)
-            if a.json:
-                print(json.dumps([r.to_dict() for r in rows], indent=2))
-            else:
-                print(f"{'IP':<24} {'STATE':<8} {'POD':<32} {'CONTAINER':<14} {'NODE':<12} SEQ")
-                for r in rows:
-                    print(f"{r.ip:<24} {r.state:<8} {r.pod or r.identity:<32} {r.container_id[:12]:<14} "
-                          f"{r.node:<12} {r.seq}")
+            _list(conf, a.json)
             return 0
-        if a.cmd == "release":
-            try:
-                ip = str(ipaddress.ip_address(a.ip))
-            except ValueError:
-                raise SystemExit(f"moor-ipam: {a.ip!r} is not an IP address")
-            old = store.transact(conf.network, lambda v: v.get(ip))
-            store.transact(conf.network, lambda v: policy.release_ip(v, conf, ip, time.time(), a.force, a.seq))
-            print(f"{ip} released (was {old.holder() if old else 'free'}); free for anyone after "
-                  f"{conf.cooldown_s:g} s")
+        store = open_store(conf)
+        try:
+            if a.cmd == "release":
+                _release(conf, store, a.ip, a.force, a.seq)
+                return 0
+            marked, released = gc(os.environ, conf, store, None)
+            for r in marked:
+                print(f"suspect {r.ip} ({r.holder()}): netns {r.netns or '-'} is gone; released on the next run")
+            for r in released:
+                print(f"released {r.ip} ({r.holder()})")
             return 0
-        from .plugin import gc
-        marked, released = gc(os.environ, netconf, conf, store, None)
-        for r in marked:
-            print(f"suspect {r.ip} ({r.holder()}): netns {r.netns or '-'} is gone; released on the next run")
-        for r in released:
-            print(f"released {r.ip} ({r.holder()})")
-        return 0
+        finally:
+            store.close()
     except CNIError as e:
         print(f"moor-ipam: {e.msg}" + (f" ({e.details})" if e.details else ""), file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+        return 2
+    except Failed as e:
+        print(f"moor-ipam: {e}", file=sys.stderr)
+        return 2

@@ -96,6 +96,22 @@ class IPAMConf:
         return next((p for p in self.pools if ip in p.cidr), None)
 
 
+# addresses no pod can have: the kernel refuses them, or they mean something else on every host
+_RESERVED = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "ff00::/8", "fe80::/10", "::ffff:0:0/96")]
+
+
+def _unusable(cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """Why a pool cannot hold pod addresses, or ""."""
+    if cidr.prefixlen == 0:
+        return "is the whole address space (a /0 pool would route everything to pods)"
+    for r in _RESERVED:
+        if r.version == cidr.version and cidr.overlaps(r):
+            return f"overlaps {r}, which holds no pod addresses (unspecified, loopback, multicast, link-local or reserved)"
+    return ""
+
+
 def _nonneg(doc: dict, key: str, default: float, where: str = "ipam") -> float:
     val = float(_get(doc, key, (int, float), default, where))
     if val < 0:
@@ -114,6 +130,9 @@ def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
         cidr = ipaddress.ip_network(cidr_s, strict=False)
     except ValueError:
         raise _err(f"'{where}.cidr' {cidr_s!r} is not a CIDR") from None
+    bad = _unusable(cidr)
+    if bad:
+        raise _err(f"'{where}.cidr' {cidr} {bad}")
     hosts_first = cidr.network_address + (1 if cidr.prefixlen < cidr.max_prefixlen - 1 else 0)
     start = _ip(doc, "rangeStart", where) or hosts_first
     end = _ip(doc, "rangeEnd", where) or cidr.broadcast_address
@@ -177,6 +196,8 @@ def parse(netconf: dict) -> IPAMConf:
                     node_name=_get(doc, "nodeName", str, ""),
                     data_dir=_get(doc, "dataDir", str, DEFAULT_DATA_DIR),
                     dns=_get(doc, "dns", dict, {}))
+    if not conf.data_dir.startswith("/"):
+        raise _err(f"'ipam.dataDir' {conf.data_dir!r} is not an absolute path")
     etcd = _get(doc, "etcd", dict, None)
     if etcd is not None:
         eps = _get(etcd, "endpoints", list, [], "ipam.etcd")

@@ -13,7 +13,7 @@ from cni.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 
 from .config import IPAMConf, Pool
 from .identity import Identity
-from .reservation import ACTIVE, COOLING, HELD, Reservation
+from .reservation import ACTIVE, COOLING, CORRUPT, HELD, Reservation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ def _take(view: View, conf: IPAMConf, pool: Pool, ip: str, req: Request,
           old: Optional[Reservation]) -> Reservation:
     res = Reservation(ip=ip, pool=str(pool.cidr), state=ACTIVE, identity=req.ident.key, pod=req.ident.pod,
                       pod_uid=req.ident.uid, container_id=req.container_id, ifname=req.ifname, netns=req.netns,
-                      node=req.node, seq=(old.seq + 1) if old else 1, updated=req.now)
+                      node=req.node, seq=(old.seq + 1) if old else 1, updated=req.now,
+                      prev=replace(old, prev=None).to_dict() if old is not None else None)
     view.put(res)
     return res
 
@@ -99,20 +100,27 @@ def _same_pod_slot(old: Reservation, req: Request) -> bool:
 
 def _pod_takeover(old: Reservation, req: Request) -> bool:
     """May a pod (stable name) take its name's active reservation from another container? Only
-    with proof the old container is gone: a different pod UID (Kubernetes creates a pod of the
-    same name only once the old pod object is deleted), or, for the same pod, its old sandbox on
-    this node whose netns no longer exists. The old container's late DEL then matches nothing."""
+    with proof that container is gone: its netns no longer exists on this node (the node where it
+    ran), or it belongs to an earlier pod (another UID) *and* its own node's GC has found it gone
+    (the GC mark at its current seq). A live old sandbox keeps its IP whatever the new pod's UID
+    (a force delete or a retried RunPodSandbox leaves it running), so one IP is never live twice.
+    The old container's late DEL then matches nothing."""
     if not _same_pod_slot(old, req):
         return False
-    if old.pod_uid and req.ident.uid and old.pod_uid != req.ident.uid:
-        return True
-    return old.node == req.node and req.sandbox_gone(old)
+    if old.node == req.node:
+        return req.sandbox_gone(old)
+    earlier_pod = bool(old.pod_uid and req.ident.uid and old.pod_uid != req.ident.uid)
+    return earlier_pod and old.gc_mark == old.seq and old.gc_mark > 0
 
 
-def _still_attached(old: Reservation) -> CNIError:
+def _still_attached(old: Reservation, req: Request) -> CNIError:
+    if old.node == req.node:
+        how = "retry after that container's DEL (it then keeps the IP for this pod), or once its sandbox is gone"
+    else:
+        how = (f"retry after that container's DEL, or once the GC of {old.node or 'its node'} finds it gone; "
+               f"if that node is dead, an operator releases the IP with `moor-ipam release CONFIG {old.ip} --force`")
     return CNIError(TRY_AGAIN_LATER, f"IP {old.ip} is still attached to this pod's previous container "
-                    f"{old.container_id[:12]} on {old.node or 'an unknown node'}",
-                    "retry after that container's DEL (it then keeps the IP for this pod)")
+                    f"{old.container_id[:12]} on {old.node or 'an unknown node'}", how)
 
 
 def allocate(view: View, conf: IPAMConf, req: Request) -> list[Reservation]:
@@ -145,7 +153,7 @@ def _explicit(view: View, conf: IPAMConf, req: Request, ip) -> Reservation:
     old = view.get(str(ip))
     if old is not None and old.state == ACTIVE and not _pod_takeover(old, req):
         if _same_pod_slot(old, req):
-            raise _still_attached(old)
+            raise _still_attached(old, req)
         raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
     if old is not None and old.state != ACTIVE and not _free_for(old, req.ident.key, req.now, conf.cooldown_s):
         raise CNIError(HELD_BY_OTHER, f"requested IP {ip} is held by {old.holder()}")
@@ -161,7 +169,7 @@ def _sticky(view: View, conf: IPAMConf, req: Request, fam: int) -> Optional[Rese
     active = [r for r in attached if _pod_takeover(r, req)]
     if attached and not active:
         # the pod's IP is still on its previous container: a fresh IP would break the promise
-        raise _still_attached(attached[0])
+        raise _still_attached(attached[0], req)
     held = sorted((r for r in cands if r.state in (HELD, COOLING)), key=lambda r: -r.updated)
     for old in active + held:
         pool = conf.pool_of(ipaddress.ip_address(old.ip))
@@ -209,28 +217,61 @@ def _release_one(view: View, conf: IPAMConf, r: Reservation, now: float) -> Rese
     policy = pool.release if pool else "immediate"
     if policy == "immediate" or not r.identity:
         new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
-                      hold_until=None, gc_mark=0, gc_mark_at=0.0)
+                      hold_until=None, gc_mark=0, gc_mark_at=0.0, prev=None)
     else:
         hold_until = None if policy == "never" else now + (pool.hold_s if pool else 0)
-        new = replace(r, state=HELD, seq=r.seq + 1, updated=now, hold_until=hold_until, gc_mark=0, gc_mark_at=0.0)
+        new = replace(r, state=HELD, seq=r.seq + 1, updated=now, hold_until=hold_until, gc_mark=0, gc_mark_at=0.0,
+                      prev=None)
     view.put(new)
     return new
 
 
+def undo(view: View, container_id: str, ifname: str, only: Optional[dict[str, int]] = None) -> list[Reservation]:
+    """Undo an ADD that failed after it allocated (the CNI plugin rolled back, or the inventory
+    refused): every IP the container holds goes back exactly as it was before (state, holder,
+    seq), or is removed if nobody had it. `only`: ip -> seq, just those reservations as taken."""
+    out = []
+    for r in view.values():
+        if r.state != ACTIVE or r.container_id != container_id or r.ifname != ifname:
+            continue
+        if only is not None and only.get(r.ip) != r.seq:
+            continue
+        if r.prev is not None:
+            try:
+                view.put(Reservation.from_dict(dict(r.prev, prev=None)))
+            except ValueError:  # unreadable: the IP is at least no longer this container's
+                view.delete(r.ip)
+        else:
+            view.delete(r.ip)
+        out.append(r)
+    return out
+
+
 def release_ip(view: View, conf: IPAMConf, ip: str, now: float, force: bool = False,
                seq: Optional[int] = None) -> Reservation:
-    """An operator ends a hold (a `never` hold included): the IP cools down, then is free for
-    anyone. An active IP is refused unless forced (its container still uses it); `seq`, when
-    given, must match so the operator releases exactly what they looked at."""
+    """An operator ends a hold (a `never` hold included) or repairs a corrupt record: the IP
+    cools down, then is free for anyone. An active or corrupt IP is refused unless forced (its
+    container may still use it); `seq`, when given, must match so the operator releases exactly
+    what they looked at."""
     r = view.get(ip)
     if r is None:
         raise CNIError(INVALID_CONFIG, f"{ip} is not reserved in network {conf.network}")
     if seq is not None and r.seq != seq:
         raise CNIError(TRY_AGAIN_LATER, f"{ip} changed since (seq {r.seq}, not {seq}): look again")
-    if r.state == ACTIVE and not force:
+    if r.state in (ACTIVE, CORRUPT) and not force:
         raise CNIError(HELD_BY_OTHER, f"{ip} is in use by {r.holder()}; --force releases it anyway")
-    new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
-                  hold_until=None, identity="", container_id="", gc_mark=0, gc_mark_at=0.0)
+    if r.state == CORRUPT:
+        try:
+            pool = conf.pool_of(ipaddress.ip_address(ip))
+        except ValueError:  # stored under a key that is no address: nothing to cool down
+            view.delete(ip)
+            return r
+        # what the record said is unknown: the IP cools down like any freed one
+        new = Reservation(ip=ip, pool=str(pool.cidr) if pool else "", state=COOLING, seq=1, updated=now,
+                          cool_until=now + conf.cooldown_s)
+    else:
+        new = replace(r, state=COOLING, seq=r.seq + 1, updated=now, cool_until=now + conf.cooldown_s,
+                      hold_until=None, identity="", container_id="", gc_mark=0, gc_mark_at=0.0, prev=None)
     view.put(new)
     return new
 

@@ -16,6 +16,7 @@ import urllib.request
 
 from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
+from . import decode_rows
 from ..policy import View
 from ..reservation import Reservation
 
@@ -29,11 +30,12 @@ MAX_ATTEMPTS = 50
 
 
 def _b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
+    return base64.b64encode(s.encode(errors="surrogateescape")).decode()
 
 
 def _unb64(s: str) -> str:
-    return base64.b64decode(s).decode()
+    # a key that is not UTF-8 (written by hand) must still be readable, reportable and deletable
+    return base64.b64decode(s).decode(errors="surrogateescape")
 
 
 def _range_end(prefix: str) -> str:
@@ -70,15 +72,30 @@ class EtcdStore:
                 errors.append(f"{ep}: {e.__class__.__name__}: {e}")
         raise CNIError(TRY_AGAIN_LATER, "etcd is unreachable", "; ".join(errors))
 
+    def _range(self, network: str) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+        """The network's stored (key, value) rows and each key's mod revision."""
+        prefix = f"{self.prefix}/{network}/ip/"
+        got = self._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+        rows, revs = [], {}
+        for kv in got.get("kvs") or []:
+            try:
+                key = _unb64(kv["key"])[len(prefix):]
+                value = base64.b64decode(kv.get("value", ""))
+            except (KeyError, ValueError, TypeError) as e:  # not what etcd sends: the gateway is broken
+                raise CNIError(IO_FAILURE, f"etcd returned an unreadable key of network {network}: {e}") from e
+            rows.append((key, value))
+            revs[key] = kv.get("mod_revision", "0")
+        return rows, revs
+
+    def read(self, network: str) -> list[Reservation]:
+        rows, _revs = self._range(network)
+        return list(decode_rows(network, rows, quiet=True)[0].values())
+
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
         prefix = f"{self.prefix}/{network}/ip/"
         for attempt in range(MAX_ATTEMPTS):
-            got = self._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
-            records, revs = {}, {}
-            for kv in got.get("kvs") or []:
-                ip = _unb64(kv["key"])[len(prefix):]
-                records[ip] = Reservation.from_dict(json.loads(_unb64(kv["value"])))
-                revs[ip] = kv.get("mod_revision", "0")
+            rows, revs = self._range(network)
+            records, stray = decode_rows(network, rows)
             view = View(records)
             result = fn(view)
             if not view.changes:
@@ -88,6 +105,10 @@ class EtcdStore:
             # IPs do not conflict with each other
             compare, ops = [], []
             for ip, res in view.changes.items():
+                for key in stray.get(ip, []):  # a non-canonical copy of this IP goes with the write
+                    compare.append({"key": _b64(prefix + key), "target": "MOD", "result": "EQUAL",
+                                    "mod_revision": revs[key]})
+                    ops.append({"requestDeleteRange": {"key": _b64(prefix + key)}})
                 key = _b64(prefix + ip)
                 if ip in revs:
                     compare.append({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": revs[ip]})

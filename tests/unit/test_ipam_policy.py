@@ -71,7 +71,10 @@ def test_recreated_pod_takes_its_ip_and_the_old_containers_late_del_frees_nothin
     """The garbage-collection bug Spiderpool/Whereabouts/Calico shipped: same name, new UID."""
     n = Net(_conf())
     ip = n.add("old", "db-0", uid="u1")
-    assert n.add("new", "db-0", uid="u2") == ip  # a new pod object (new UID) before the old DEL arrived
+    with pytest.raises(CNIError) as e:  # a new pod object while the old sandbox still runs: one IP, one pod
+        n.add("new", "db-0", uid="u2")
+    assert e.value.code == 11 and n.records[ip[0]].container_id == "old"
+    assert n.add("new", "db-0", uid="u2", gone=True) == ip  # its netns is gone on this node: proof
     seq = n.records[ip[0]].seq
     assert n.delete("old") == []  # the late DEL of the old container
     r = n.records[ip[0]]
@@ -81,11 +84,79 @@ def test_recreated_pod_takes_its_ip_and_the_old_containers_late_del_frees_nothin
     assert n.records[ip[0]].state == ACTIVE
 
 
+def test_takeover_from_another_node_needs_that_nodes_gc_to_say_the_old_pod_is_gone():
+    n = Net(_conf())
+    ip = n.add("old", "db-0", uid="u1", node="n1")
+    with pytest.raises(CNIError) as e:  # re-created on n2 (earlier UID), n1 has said nothing
+        n.add("new", "db-0", uid="u2", node="n2", gone=True)
+    assert e.value.code == 11 and "GC of n1" in e.value.details
+    n.gc(set())  # n1's GC finds the old attachment missing from its runtime's list: marked
+    assert n.records[ip[0]].gc_mark == n.records[ip[0]].seq
+    with pytest.raises(CNIError):  # the same pod object (same UID) never runs on two nodes: no proof
+        n.add("new", "db-0", uid="u1", node="n2")
+    assert n.add("new", "db-0", uid="u2", node="n2") == ip
+    assert n.records[ip[0]].node == "n2"
+
+
+def test_a_rolled_back_add_puts_the_previous_holder_back_exactly():
+    n = Net(_conf())
+    ip = n.add("old", "db-0", uid="u1")
+    n.delete("old")
+    before = n.records[ip[0]]
+    assert n.add("new", "db-0", uid="u2") == ip  # sticky: takes its held IP back
+    assert n.records[ip[0]].container_id == "new" and n.records[ip[0]].prev is not None
+    n._tx(lambda v: policy.undo(v, "new", "eth0"))  # the CNI plugin's ADD failed later: rollback
+    assert n.records[ip[0]] == before  # state, holder and seq as they were
+    fresh = n.add("c9", "web-9")
+    n._tx(lambda v: policy.undo(v, "c9", "eth0"))
+    assert fresh[0] not in n.records  # nobody had it: it is simply free again
+    ip2 = n.add("a", "db-1", uid="u1")
+    n._tx(lambda v: policy.undo(v, "a", "eth0", {ip2[0]: 999}))  # another seq: not what was taken
+    assert n.records[ip2[0]].container_id == "a"
+
+
+def test_a_corrupt_record_is_never_handed_out_and_blocks_nothing_else():
+    from ipam.reservation import CORRUPT, Reservation
+    n = Net(_conf())
+    n.records["192.0.2.10"] = Reservation.decode("192.0.2.10", '{"ip": "192.0.2.10", "pool": "p", "state": "active"')
+    n.records["192.0.2.11"] = Reservation.decode("192.0.2.11", '{"ip": "192.0.2.11", "pool": "p", "state": "active", "seq": "x"}')
+    assert {r.state for r in n.records.values()} == {CORRUPT}
+    assert n.add("c1", "web-0") == ["192.0.2.13"]  # .12 is excluded; the corrupt ones are in use
+    with pytest.raises(CNIError) as e:
+        n.add("c2", "web-1", ips=["192.0.2.10"])
+    assert e.value.code == policy.HELD_BY_OTHER and "corrupt" in e.value.msg
+    assert n.delete("c1")
+    with pytest.raises(CNIError):  # repair needs --force
+        n._tx(lambda v: policy.release_ip(v, n.conf, "192.0.2.10", n.now))
+    n._tx(lambda v: policy.release_ip(v, n.conf, "192.0.2.10", n.now, force=True))
+    assert n.records["192.0.2.10"].state == COOLING
+
+
+@pytest.mark.parametrize("key,data,why", [
+    ("192.0.2.5", "not json", "Expecting value"),
+    ("192.0.2.5", "[1]", "not a JSON object"),
+    ("192.0.2.5", '{"ip": "192.0.2.6", "pool": "p", "state": "active"}', "names 192.0.2.6"),
+    ("192.0.2.5", '{"ip": "192.0.2.5", "state": "active"}', "no 'pool'"),
+    ("192.0.2.5", '{"ip": "192.0.2.5", "pool": "p", "state": "gone"}', "unknown state"),
+    ("192.0.2.5", '{"ip": "192.0.2.5", "pool": "p", "state": "held", "hold_until": "soon"}', "hold_until"),
+    ("192.0.2.5", '{"ip": "192.0.2.5", "pool": "p", "state": "held", "seq": true}', "seq"),
+    ("2001:DB8::5", '{"ip": "2001:db8::5", "pool": "p", "state": "held"}', "non-canonical"),
+    ("x", '{"ip": "x", "pool": "p", "state": "held"}', "does not appear to be"),
+    ("192.0.2.5", "[" * 100000, "recursion"),
+])
+def test_stored_records_that_do_not_parse_are_quarantined(key, data, why):
+    from ipam.reservation import CORRUPT, Reservation
+    r = Reservation.decode(key, data)
+    assert r.state == CORRUPT and why in r.detail
+    assert r.ip == (key.lower() if ":" in key else key)  # keyed by the address it shadows
+
+
 def test_no_takeover_without_proof_the_old_container_is_gone():
     n = Net(_conf())
     ip = n.add("c1", "web-0", uid="u1")
-    for kw in ({"uid": "u1"}, {"uid": "", "node": "n2", "gone": True}, {"uid": "u1", "gone": False}):
-        with pytest.raises(CNIError) as e:  # same pod, or no UID and another node: wait for the DEL
+    for kw in ({"uid": "u1"}, {"uid": "", "node": "n2", "gone": True}, {"uid": "u1", "gone": False},
+               {"uid": "u2", "gone": False}):
+        with pytest.raises(CNIError) as e:  # its old sandbox may still run: wait for the DEL
             n.add("c2", "web-0", **kw)
         assert e.value.code == 11 and "still attached" in e.value.msg
     assert n.add("c2", "web-0", uid="u1", gone=True) == ip  # its old sandbox on this node is gone
@@ -183,7 +254,7 @@ def test_gc_mark_is_void_if_the_reservation_changed_in_between():
     n = Net(_conf())
     ip = n.add("c1", "w-0", uid="u1")
     n.gc(set())  # marked
-    n.add("c2", "w-0", uid="u2")  # pod re-created: takeover bumps seq
+    n.add("c2", "w-0", uid="u2", gone=True)  # pod re-created: takeover bumps seq
     _, released = n.gc(set())
     assert released == []  # re-validated: the mark was for the old owner
     assert n.records[ip[0]].container_id == "c2" and n.records[ip[0]].state == ACTIVE

@@ -1,0 +1,46 @@
+"""moor-ipam's calls for one attachment run one at a time (an ADD's commit, inventory hook and
+confirmation are one unit; a DEL or GC waits for it), on the node-local lock of cni.lock."""
+from __future__ import annotations
+
+import fcntl
+import os
+
+from cni.lock import digest, held, sweep
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import IPAMConf
+
+
+def _dir(conf: IPAMConf) -> str:
+    return os.path.join(conf.data_dir, "locks")
+
+
+def attachment(conf: IPAMConf, container_id: str, ifname: str):
+    return held(_dir(conf), (conf.network, container_id, ifname), f"container {container_id[:64]} {ifname}")
+
+
+def busy(conf: IPAMConf, container_id: str, ifname: str) -> bool:
+    """Whether an ADD or DEL of the attachment is running now (its lock is held elsewhere)."""
+    path = os.path.join(_dir(conf), f"att-{digest(conf.network, container_id, ifname)}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # never created here: a reader leaves nothing behind
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def sweep_stale(conf: IPAMConf, holders: set[tuple[str, str]]) -> int:
+    """Remove the lock files of this network's attachments that hold no IP any more (their DEL
+    never came: the pod was re-created and took its IP over, or GC released it)."""
+    def stale(key: tuple[str, ...]) -> bool:
+        if len(key) != 3:
+            return True  # its writer died before naming it: nobody can be waiting for it
+        return key[0] == conf.network and (key[1], key[2]) not in holders
+    return sweep(_dir(conf), stale)
