@@ -20,7 +20,7 @@ MALFORMED_ATTRIBUTE_LIST, UNRECOGNIZED_WELL_KNOWN, MISSING_WELL_KNOWN = 1, 2, 3
 ATTRIBUTE_FLAGS_ERROR, ATTRIBUTE_LENGTH_ERROR, INVALID_ORIGIN = 4, 5, 6
 INVALID_NEXT_HOP, OPTIONAL_ATTRIBUTE_ERROR, INVALID_NETWORK_FIELD, MALFORMED_AS_PATH = 8, 9, 10, 11
 # CEASE subcodes (RFC 4486)
-ADMIN_SHUTDOWN, PEER_DECONFIGURED, ADMIN_RESET, CONNECTION_REJECTED = 2, 3, 4, 5
+MAX_PREFIXES, ADMIN_SHUTDOWN, PEER_DECONFIGURED, ADMIN_RESET, CONNECTION_REJECTED = 1, 2, 3, 4, 5
 COLLISION_RESOLUTION = 7
 
 
@@ -31,3 +31,13 @@ class BGPError(Exception):
         super().__init__(msg)
         self.code, self.subcode, self.data = code, subcode, data
 
+
+
+class FamilyError(ValueError):
+    """A malformed MP_REACH/MP_UNREACH whose AFI/SAFI is known but whose NLRI cannot be located or
+    parsed: that family alone is disabled for the session (RFC 7606 sections 2, 5.3 and 7.11;
+    RFC 4760 section 7), the rest of the UPDATE and the other families carry on."""
+
+    def __init__(self, afi: int, safi: int, msg: str):
+        super().__init__(msg)
+        self.afi, self.safi = afi, safi

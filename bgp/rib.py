@@ -79,6 +79,18 @@ class RibIn:
         self._drop(peer, gone)
         return len(gone)
 
+    def forget(self, peer: str, version: int) -> int:
+        """Drop every path of one IP version the peer gave, stale or not (that family was disabled,
+        RFC 7606). Returns how many."""
+        mine = [p for p, by in self.paths.items() if p.version == version and peer in by]
+        stale = self.stale.get(peer)
+        if stale is not None:
+            stale.difference_update(mine)
+            if not stale:
+                self.stale.pop(peer, None)
+        self._drop(peer, mine)
+        return len(mine)
+
     def _drop(self, peer: str, prefixes) -> None:
         for p in prefixes:
             by = self.paths.get(p)

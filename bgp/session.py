@@ -7,23 +7,25 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import capability as cap
 from . import sockopt
-from .attribute import as_path, communities, local_pref, mp_reach, next_hop, origin
+from .attribute import as_path, communities, local_pref, mp_reach, mp_unreach, next_hop, origin
 from .attribute import med as med_attr
 from .rib import Rank
-from .errors import (BAD_PEER_AS, BAD_BGP_IDENTIFIER, CEASE, FSM_ERROR, HOLD_TIMER_EXPIRED, OPEN_MESSAGE, BGPError)
-from .message import notification, open as bopen, update
+from .errors import (BAD_PEER_AS, BAD_BGP_IDENTIFIER, CEASE, FSM_ERROR, HOLD_TIMER_EXPIRED, MAX_PREFIXES, OPEN_MESSAGE,
+                     BGPError)
+from .message import notification, open as bopen, refresh, update
 from .message.keepalive import KEEPALIVE_BYTES
-from .wire import (AFI_IPV4, AFI_IPV6, HEADER_LEN, KEEPALIVE, NOTIFICATION, OPEN, ROUTE_REFRESH, SAFI_UNICAST, UPDATE,
-                   Prefix, parse_header, split)
+from .wire import (AFI_IPV4, AFI_IPV6, HEADER_LEN, KEEPALIVE, NOTIFICATION, OPEN, ROUTE_REFRESH, SAFI_UNICAST, UNICAST,
+                   UPDATE, Prefix, parse_header, split)
 
 log = logging.getLogger("moor.bgp")
 
 IDLE, CONNECT, ACTIVE, OPENSENT, OPENCONFIRM, ESTABLISHED = "Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established"
-OPEN_HOLD_S = 240  # RFC 4271: a large hold time until the peer's OPEN arrives
 CONNECTION_COLLISION = 7  # Cease subcode (RFC 4486)
 
 
@@ -38,6 +40,8 @@ class PeerConfig:
     password: str = ""  # TCP MD5 (RFC 2385)
     ttl_security: bool = False  # GTSM (RFC 5082), directly connected peers
     graceful_restart: bool = False  # RFC 4724, both as restarting speaker and as helper
+    max_prefixes: int = 0  # more prefixes than this from the peer end the session (RFC 4486 Cease 1); 0: no limit
+    max_prefixes_idle_s: float = 60.0  # then neither connect to it nor accept it for this long
 
 
 @dataclass
@@ -53,6 +57,12 @@ class LocalConfig:
     restarted: bool = False
     forwarding: bool = False
     next_hop6: str = ""  # IPv6 next hop for IPv6 routes on an IPv4 session; empty: IPv6 sessions only
+    # the longest a connection waits for the peer's OPEN (RFC 4271's 4 minutes is far more than a
+    # live peer needs and lets half-open connections pile up)
+    open_wait_s: float = 30.0
+    # whether an address is one of this node's (the agent asks the kernel); a route via it would
+    # loop back to us. None: only the session's own local address counts
+    is_local: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -63,6 +73,9 @@ class Received:
     withdrawn: list[Prefix] = field(default_factory=list)
     end_of_rib: tuple[int, int] | None = None
     rank: Rank = field(default_factory=Rank)  # shared by every announced route
+    # families disabled by this UPDATE (RFC 7606 AFI/SAFI disable): drop every route of theirs
+    # from this peer, before anything else in it
+    disabled: list[tuple[int, int]] = field(default_factory=list)
 
 
 class PeerNotified(Exception):
@@ -93,6 +106,13 @@ class Session:
         self._dropped = False
         self._idle = asyncio.Event()  # no connection is being served
         self._idle.set()
+        self._pending_in: asyncio.StreamWriter | None = None  # the peer's newest connection not yet Established
+        self._idle_until = 0.0  # loop time: no connection to or from the peer before (prefix limit)
+        # per session: families disabled after a malformed MP attribute, families already logged as
+        # not negotiated, and the prefixes accepted (kept only under a prefix limit)
+        self._disabled: set[tuple[int, int]] = set()
+        self._ignored: set[tuple[int, int]] = set()
+        self._accepted: set[Prefix] = set()
 
     def _set(self, state: str) -> None:
         if state != self.state:
@@ -110,9 +130,13 @@ class Session:
     async def run_active(self) -> None:
         """Connect, serve, and reconnect after the connect-retry time, until stopped. While a
         connection the peer opened is being served, no connection of ours is tried."""
+        loop = asyncio.get_running_loop()
         while not self._stopped:
             await self._idle.wait()
             if self.busy():  # woken while a connection changed hands
+                continue
+            if (wait := self._idle_until - loop.time()) > 0:  # after the prefix limit: leave the peer alone
+                await asyncio.sleep(wait)
                 continue
             self._set(CONNECT)
             try:
@@ -122,7 +146,10 @@ class Session:
                     self._set(ACTIVE)
                 await asyncio.sleep(self.local.connect_retry_s)
                 continue
-            await self.connected(reader, writer, outgoing=True)
+            try:
+                await self.connected(reader, writer, outgoing=True)
+            except Exception:  # a bug must not end the reconnect loop: the peer would be gone for good
+                log.exception("peer %s: connection failed", self.peer.address)
             if not self._stopped:
                 await asyncio.sleep(self.local.connect_retry_s)
 
@@ -150,19 +177,42 @@ class Session:
     def busy(self) -> bool:
         return not self._idle.is_set()
 
+    def idle_hold(self) -> float:
+        """Seconds left before the peer may connect again after exceeding its prefix limit."""
+        return max(0.0, self._idle_until - asyncio.get_running_loop().time())
+
     async def connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outgoing: bool) -> None:
-        """A new connection to the peer, ours or theirs: serve it, or resolve the collision first."""
-        if self._stopped:
+        """A new connection to the peer, ours or theirs: serve it, or resolve the collision first.
+        Of the connections the peer opened, only the newest not yet Established is kept: a peer
+        opens a new one when it has given up on the old, and half-open ones must not pile up."""
+        if self._stopped or self.idle_hold():
+            if not self._stopped:
+                log.info("peer %s: connection refused for %.0f s more (prefix limit)", self.peer.address,
+                         self.idle_hold())
             writer.close()
             return
-        if not self.busy():
-            await self.serve(reader, writer)
-            return
-        peer_open = await self._contend(reader, writer, outgoing)
-        if peer_open is not None and not self.busy():
-            await self.serve(reader, writer, peer_open)
-        else:
-            writer.close()
+        if not outgoing:
+            old, self._pending_in = self._pending_in, writer
+            if old is not None:
+                log.info("peer %s: a new connection replaces its pending one", self.peer.address)
+                old.close()
+                if old is self.writer:  # being served: let it finish, then this one is served instead
+                    await self._idle.wait()
+                if self._pending_in is not writer:  # replaced in turn meanwhile
+                    writer.close()
+                    return
+        try:
+            if not self.busy():
+                await self.serve(reader, writer)
+                return
+            peer_open = await self._contend(reader, writer, outgoing)
+            if peer_open is not None and not self.busy() and not self._stopped and not writer.is_closing():
+                await self.serve(reader, writer, peer_open)
+            else:
+                writer.close()
+        finally:
+            if self._pending_in is writer:
+                self._pending_in = None
 
     async def _contend(self, reader, writer, outgoing: bool) -> bopen.Open | None:
         """A second connection while one is being served (RFC 4271 6.8): exchange OPENs on it, then
@@ -171,16 +221,23 @@ class Session:
         the old one is dead (RFC 4724 4.2). Returns the peer's OPEN when the new connection wins."""
         # only a connection the peer opened to an already Established session means it restarted
         restart = not outgoing and self.state == ESTABLISHED
-        try:
+
+        async def exchange() -> bopen.Open:
             writer.write(self.open_message().encode())
             await writer.drain()
-            head = await asyncio.wait_for(reader.readexactly(HEADER_LEN), OPEN_HOLD_S)
+            head = await reader.readexactly(HEADER_LEN)
             length, mtype = parse_header(head)
-            peer_open = self.accept_open(mtype, await reader.readexactly(length - HEADER_LEN))
+            return self.accept_open(mtype, await reader.readexactly(length - HEADER_LEN))
+        try:  # the whole OPEN within the bound: a peer sending it byte by byte gains nothing
+            peer_open = await asyncio.wait_for(exchange(), self.local.open_wait_s)
         except BGPError as e:
             writer.write(notification.Notification(e.code, e.subcode, e.data).encode())
             return None
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, PeerNotified):
+        except asyncio.TimeoutError:
+            log.info("peer %s: no OPEN within %g s on a second connection", self.peer.address, self.local.open_wait_s)
+            writer.write(notification.Notification(HOLD_TIMER_EXPIRED, 0).encode())
+            return None
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, PeerNotified):
             return None
         if self.state == ESTABLISHED:
             if not restart or self.peer_gr() is None:
@@ -201,11 +258,18 @@ class Session:
                     peer_open: bopen.Open | None = None) -> None:
         """Run one connection to its end. `peer_open`: the peer's OPEN, already read on this
         connection after ours was sent (the speaker read it to resolve a collision)."""
+        sockname = writer.get_extra_info("sockname")
+        if not sockname:  # reset before we got to it
+            writer.close()
+            return
         self._idle.clear()
         self.writer = writer
-        self.local_address = writer.get_extra_info("sockname")[0]
+        self.local_address = sockname[0]
         self._buf, self._inbox = bytearray(), []
         self._dropped = False
+        # a new session: every family enabled again, nothing accepted yet (RFC 7606 AFI/SAFI disable
+        # lasts for the session)
+        self._disabled, self._ignored, self._accepted = set(), set(), set()
         # RFC 4724: a peer that restarts gracefully drops the TCP connection without a NOTIFICATION
         graceful = False
         try:
@@ -218,6 +282,11 @@ class Session:
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
             log.info("peer %s: connection lost: %s", self.peer.address, e)
             graceful = not self._dropped and not self._stopped  # we did not end it ourselves
+        except Exception:
+            # a bug (here or in a route callback) ends this session, never the task serving the peer;
+            # a Cease, so the peer does not take the silence for a graceful restart
+            log.exception("peer %s: internal error, closing the session", self.peer.address)
+            await self._send(notification.Notification(CEASE, 0).encode())
         finally:
             writer.close()
             self.writer = None
@@ -266,13 +335,20 @@ class Session:
             pass
 
     async def _next(self, reader: asyncio.StreamReader, timeout: float) -> tuple[int, bytes]:
-        """The next message; messages that arrived together are queued, never dropped."""
+        """The next message within `timeout` seconds (0: no limit); messages that arrived together
+        are queued, never dropped. The limit is for the whole message, not for each read: a peer
+        trickling bytes neither holds a connection open without an OPEN nor keeps a session alive."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
         while not self._inbox:
             self._inbox.extend(split(self._buf))
             if self._inbox:
                 break
+            left = None if deadline is None else deadline - loop.time()
             try:
-                data = await asyncio.wait_for(reader.read(65536), timeout if timeout > 0 else None)
+                if left is not None and left <= 0:
+                    raise asyncio.TimeoutError
+                data = await asyncio.wait_for(reader.read(65536), left)
             except asyncio.TimeoutError:
                 raise BGPError(HOLD_TIMER_EXPIRED, 0, "hold timer expired") from None
             if not data:
@@ -310,14 +386,14 @@ class Session:
         if peer_open is None:
             await self._send(self.open_message().encode())
             self._set(OPENSENT)
-            peer_open = self.accept_open(*await self._next(reader, OPEN_HOLD_S))
+            peer_open = self.accept_open(*await self._next(reader, self.local.open_wait_s))
         self.peer_open = peer_open
         self.hold = min(self.hold_time, peer_open.hold_time)  # what we advertised, and theirs
         if self.hold and self.hold < 3:
             self.hold = 3
         await self._send(KEEPALIVE_BYTES)
         self._set(OPENCONFIRM)
-        mtype, body = await self._next(reader, self.hold or OPEN_HOLD_S)
+        mtype, body = await self._next(reader, self.hold or self.local.open_wait_s)
         if mtype == NOTIFICATION:
             n = notification.decode(body)
             raise PeerNotified(f"peer sent NOTIFICATION {n.code}/{n.subcode}")
@@ -325,6 +401,8 @@ class Session:
             raise BGPError(FSM_ERROR, 2, f"expected KEEPALIVE in OpenConfirm, got type {mtype}")
         self._set(ESTABLISHED)
         self.first = False
+        if self._pending_in is self.writer:  # no longer pending: a new connection is a collision now
+            self._pending_in = None
         keepalive = asyncio.ensure_future(self._keepalives())
         sender = asyncio.ensure_future(self._sender())
         try:
@@ -347,28 +425,112 @@ class Session:
             n = notification.decode(body)
             raise PeerNotified(f"peer sent NOTIFICATION {n.code}/{n.subcode}")
         if mtype == ROUTE_REFRESH:
-            self._pending.update({p: True for p in self.rib_out})
-            self._wake.set()
+            rr = refresh.decode(body)  # a bad length is a NOTIFICATION (RFC 7313 section 5)
+            if (rr.afi, rr.safi) in self.families():  # any other family is ignored (RFC 2918 section 4)
+                version = _version(rr.afi)
+                self._pending.update({p: True for p in self.rib_out if p.version == version})
+                self._wake.set()
             return
         if mtype != UPDATE:
             raise BGPError(FSM_ERROR, 3, f"unexpected message type {mtype} in Established")
-        upd = update.decode(body, self.peer_open.four_octet)
-        rec = Received(peer=self.peer.address, end_of_rib=upd.end_of_rib(), withdrawn=upd.withdrawn_all,
-                       rank=self._rank(upd.attributes))
+        self._update(update.decode(body, self.peer_open.four_octet))
+
+    def _update(self, upd: update.Update) -> None:
+        """One UPDATE's routes into the RIB, after what RFC 4271, 4760 and 7606 say to drop."""
+        rec = Received(peer=self.peer.address, rank=self._rank(upd.attributes))
+        negotiated = set(self.families()) & UNICAST
+        for fam in upd.broken:  # RFC 7606 7.11: the NLRI cannot be located; that family goes
+            if fam in negotiated and fam not in self._disabled:
+                self._disabled.add(fam)
+                rec.disabled.append(fam)
+                self._accepted = {p for p in self._accepted if p.version != _version(fam[0])}
+                log.warning("peer %s: malformed MP attribute of AFI %d SAFI %d: that family is disabled for this "
+                            "session and its routes from this peer removed (RFC 7606 AFI/SAFI disable)",
+                            self.peer.address, *fam)
+            elif fam not in self._disabled:
+                self._usable(fam, negotiated)  # says once that it is ignored
+
+        v4 = (AFI_IPV4, SAFI_UNICAST)
+        withdrawn = list(upd.withdrawn) if upd.withdrawn and self._usable(v4, negotiated) else []
+        unreach = upd.attributes.get(mp_unreach.TYPE)
+        if unreach is not None and self._usable((unreach.afi, unreach.safi), negotiated):
+            withdrawn += unreach.withdrawn
+        # announced routes by next hop; the NEXT_HOP attribute counts only with classic NLRI (RFC 4760 3)
+        groups: list[tuple[list[Prefix], object]] = []
+        if upd.nlri and self._usable(v4, negotiated):
+            nh = upd.attributes.get(next_hop.TYPE)  # absent only with treat_as_withdraw (RFC 7606 3(d))
+            groups.append((upd.nlri, nh.address if nh else None))
+        reach = upd.attributes.get(mp_reach.TYPE)
+        if reach is not None and self._usable((reach.afi, reach.safi), negotiated) and reach.nlri:
+            groups.append((list(reach.nlri), reach.next_hops[0]))
+        prefixes = [p for ps, _hop in groups for p in ps]
+
         path = upd.attributes.get(as_path.TYPE)
-        if path is not None and any(self.local.asn in asns for _t, asns in path.segments):
+        if not groups:
+            pass
+        elif path is not None and any(self.local.asn in asns for _t, asns in path.segments):
             # our own AS in the path: a loop (RFC 4271 9.1.2); such a route replaces nothing either
-            rec.withdrawn += upd.announced
-        elif not upd.treat_as_withdraw:
-            nh = upd.attributes.get(next_hop.TYPE)
-            rec.announced += [(p, str(nh.address)) for p in upd.nlri] if nh else []
-            reach = upd.attributes.get(mp_reach.TYPE)
-            if reach is not None:
-                hop = str(reach.next_hops[0])
-                rec.announced += [(p, hop) for p in reach.nlri]
-        else:
+            withdrawn += prefixes
+        elif upd.treat_as_withdraw:
             log.warning("peer %s: malformed attributes, routes treated as withdrawn (RFC 7606)", self.peer.address)
+            withdrawn += prefixes
+        elif bad := next(((hop, why) for _ps, hop in groups if (why := self._bad_next_hop(hop))), None):
+            # RFC 4271 6.3, RFC 7606 7.3: the session stays, the routes (and what they replace) go
+            log.warning("peer %s: next hop %s is %s: %d routes treated as withdrawn", self.peer.address, bad[0],
+                        bad[1], len(prefixes))
+            withdrawn += prefixes
+        else:
+            rec.announced = [(p, str(hop)) for ps, hop in groups for p in ps]
+        rec.withdrawn = withdrawn
+
+        eor = upd.end_of_rib()  # of another family it would sweep stale unicast routes: only ours count
+        if eor is not None and self._usable(eor, negotiated):
+            rec.end_of_rib = eor
+        if self.peer.max_prefixes:
+            self._count(rec)
         self.on_received(rec)
+
+    def _usable(self, fam: tuple[int, int], negotiated: set) -> bool:
+        """Whether routes of `fam` are taken from the peer: unicast, in both OPENs, not disabled.
+        A family not negotiated is ignored, without a reset (RFC 4760 section 7), said once."""
+        if fam in negotiated:
+            return fam not in self._disabled
+        if fam not in self._ignored:
+            self._ignored.add(fam)
+            log.warning("peer %s: AFI %d SAFI %d is not a unicast family both OPENs carry: ignored for this session",
+                        self.peer.address, *fam)
+        return False
+
+    def _bad_next_hop(self, hop) -> str | None:
+        """Why a route via `hop` must not be used, or None: an address no router can have, or one of
+        ours (the route would point back at us)."""
+        why = next_hop.unusable(hop)
+        if why:
+            return why
+        addr = _plain(hop)
+        own = {_plain(self.local_address)} | ({_plain(self.local.next_hop6)} if self.local.next_hop6 else set())
+        if addr in own:
+            return "our own address"
+        if self.local.is_local is not None:
+            try:
+                if self.local.is_local(str(addr)):
+                    return "an address of this node"
+            except Exception:  # cannot tell: the route is judged on the other checks
+                log.exception("peer %s: is_local(%s) failed", self.peer.address, addr)
+        return None
+
+    def _count(self, rec: Received) -> None:
+        """The per-peer prefix limit: over it, a Cease and no session for a while (RFC 4486 4)."""
+        self._accepted.difference_update(rec.withdrawn)
+        self._accepted.update(p for p, _hop in rec.announced)
+        if len(self._accepted) <= self.peer.max_prefixes:
+            return
+        afi = _afi(rec.announced[-1][0]) if rec.announced else AFI_IPV4  # only an announcement can go over
+        self._idle_until = asyncio.get_running_loop().time() + self.peer.max_prefixes_idle_s
+        log.warning("peer %s: %d prefixes, over its limit of %d: closing the session, no new one for %g s",
+                    self.peer.address, len(self._accepted), self.peer.max_prefixes, self.peer.max_prefixes_idle_s)
+        raise BGPError(CEASE, MAX_PREFIXES, "maximum number of prefixes reached",
+                       struct.pack("!HBI", afi, SAFI_UNICAST, self.peer.max_prefixes))
 
     def _rank(self, attrs: dict) -> Rank:
         """What best-path selection compares (RFC 4271 9.1.2.2), shared by the UPDATE's routes."""
@@ -435,3 +597,17 @@ class Session:
             out += update.encode_mp(AFI_IPV6, SAFI_UNICAST, base, (hop6,), keep, four, withdrawn=gone)
         for m in out:
             await self._send(m)
+
+
+def _version(afi: int) -> int:
+    return 4 if afi == AFI_IPV4 else 6
+
+
+def _afi(p: Prefix) -> int:
+    return AFI_IPV4 if p.version == 4 else AFI_IPV6
+
+
+def _plain(addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """One form per address: no zone, IPv4-mapped IPv6 as IPv4."""
+    ip = ipaddress.ip_address(str(addr).split("%")[0])
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip

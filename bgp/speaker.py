@@ -19,7 +19,7 @@ import sys
 from . import sockopt
 from .rib import Path, RibIn
 from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
-from .wire import AFI_IPV4, AFI_IPV6
+from .wire import AFI_IPV4, AFI_IPV6, UNICAST
 
 log = logging.getLogger("moor.bgp")
 
@@ -49,6 +49,15 @@ class Speaker:
 
     # -- received routes and graceful-restart helper (RFC 4724 4.2) ------------------------------
     def _received(self, rec: Received) -> None:
+        for fam in rec.disabled:  # RFC 7606 AFI/SAFI disable: none of that family's routes stay
+            n = self.rib_in.forget(rec.peer, 4 if fam[0] == AFI_IPV4 else 6)
+            log.warning("peer %s: AFI %d SAFI %d disabled, %d routes removed", rec.peer, *fam, n)
+            wanted = self._eor_wanted.get(rec.peer)
+            if wanted is not None:  # its End-of-RIB would be ignored: wait for it no longer
+                wanted.discard(fam)
+                self._check_synced()
+            if rec.peer not in self.rib_in.stale:
+                self._cancel_timer(rec.peer)
         self.rib_in.update(rec.peer, [(p, Path(rec.peer, nh, rec.rank)) for p, nh in rec.announced], rec.withdrawn)
         if rec.end_of_rib is not None:
             afi = rec.end_of_rib[0]
@@ -71,7 +80,8 @@ class Speaker:
             if peer in self.rib_in.stale:
                 self._cancel_timer(peer)
                 gr = s.peer_gr()
-                kept = {afi for afi, _safi, fwd in (gr.families if gr else ()) if fwd}
+                # only unicast families say anything about unicast routes (an EVPN or VPN entry does not)
+                kept = {afi for afi, safi, fwd in (gr.families if gr else ()) if fwd and (afi, safi) in UNICAST}
                 for afi, version in ((AFI_IPV4, 4), (AFI_IPV6, 6)):
                     if afi not in kept:  # forwarding state not kept over the restart: stale is wrong
                         self.rib_in.sweep(peer, version)
@@ -84,7 +94,8 @@ class Speaker:
         gr = session.peer_gr()
         # only the families the peer said it can keep forwarding over a restart (RFC 4724 4.2);
         # a capability without families (BIRD's "aware" mode) means none
-        keep = {4 if afi == AFI_IPV4 else 6 for afi, _safi, _f in gr.families} if graceful and gr else set()
+        keep = {4 if afi == AFI_IPV4 else 6 for afi, safi, _f in gr.families if (afi, safi) in UNICAST} \
+            if graceful and gr else set()
         n = self.rib_in.peer_down(peer, keep)
         if n:
             log.info("peer %s: restarting gracefully, %d routes kept stale for up to %d s", peer, n,
@@ -132,13 +143,21 @@ class Speaker:
                 self._tasks.append(asyncio.ensure_future(s.run_active()))
 
     async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = _canonical(writer.get_extra_info("peername")[0])
+        peername = writer.get_extra_info("peername")
+        if not peername:  # reset before it was accepted
+            writer.close()
+            return
+        addr = _canonical(peername[0])
         session = self.sessions.get(addr)
         if session is None:  # only configured peers are accepted
             log.warning("connection from unconfigured %s refused", addr)
             writer.close()
             return
-        await session.connected(reader, writer, outgoing=False)
+        try:
+            await session.connected(reader, writer, outgoing=False)
+        except Exception:  # asyncio would only log it at the server; say which peer
+            log.exception("peer %s: connection failed", addr)
+            writer.close()
 
     def announce(self, prefix, next_hop: str | None = None) -> None:
         p = ipaddress.ip_network(prefix)

@@ -15,6 +15,9 @@ MIN_LEN = {OPEN: 29, UPDATE: 23, NOTIFICATION: 21, KEEPALIVE: 19, ROUTE_REFRESH:
 
 AFI_IPV4, AFI_IPV6 = 1, 2
 SAFI_UNICAST = 1
+# the families whose NLRI moor decodes as plain prefixes; any other SAFI (labelled, VPN, flowspec...)
+# has its own NLRI format and is kept undecoded
+UNICAST = frozenset({(AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)})
 AS_TRANS = 23456
 
 

@@ -1,13 +1,14 @@
 """Path attributes, one per module, and the attribute list's encoding with RFC 7606 error
 handling: a malformed attribute withdraws the UPDATE's routes (treat-as-withdraw) or is dropped
-(attribute-discard); only an error that hides where the NLRI are ends the session."""
+(attribute-discard); a malformed MP attribute of a known family disables that family (AFI/SAFI
+disable); only an error that hides where the NLRI are ends the session."""
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from ..errors import (ATTRIBUTE_FLAGS_ERROR, MALFORMED_ATTRIBUTE_LIST, OPTIONAL_ATTRIBUTE_ERROR,
-                      UNRECOGNIZED_WELL_KNOWN, UPDATE_MESSAGE, BGPError)
+from ..errors import (MALFORMED_ATTRIBUTE_LIST, OPTIONAL_ATTRIBUTE_ERROR, UNRECOGNIZED_WELL_KNOWN, UPDATE_MESSAGE,
+                      BGPError, FamilyError)
 from . import as_path, communities, local_pref, med, mp_reach, mp_unreach, next_hop, origin
 
 OPTIONAL, TRANSITIVE, PARTIAL, EXTENDED = 0x80, 0x40, 0x20, 0x10
@@ -51,11 +52,14 @@ def encode(attrs: list, four_octet: bool) -> bytes:
     return out
 
 
-def decode(data: bytes, four_octet: bool) -> tuple[dict, bool]:
-    """Attributes by type code, and whether the UPDATE must be treated as withdraw.
+def decode(data: bytes, four_octet: bool) -> tuple[dict, bool, list[tuple[int, int]]]:
+    """Attributes by type code, whether the UPDATE must be treated as withdraw, and the families
+    whose MP attribute was malformed past its AFI/SAFI (AFI/SAFI disable, RFC 7606 section 2).
     Raises BGPError only where RFC 7606 keeps the session reset."""
     attrs: dict = {}
     withdraw = False
+    broken: list[tuple[int, int]] = []
+    seen: set[int] = set()  # every type met, decoded or not: a repeated MP attribute is found either way
     off = 0
     while off < len(data):
         if off + 3 > len(data):
@@ -71,16 +75,17 @@ def decode(data: bytes, four_octet: bool) -> tuple[dict, bool]:
         else:
             length, start = data[off + 2], off + 3
         if start + length > len(data):
-            if any(t in MP_TYPES for t in attrs) or atype in MP_TYPES:
+            if any(t in MP_TYPES for t in seen) or atype in MP_TYPES:
                 raise BGPError(UPDATE_MESSAGE, MALFORMED_ATTRIBUTE_LIST, "attribute overruns the list")
             withdraw = True
             break
         value = data[start:start + length]
         off = start + length
-        if atype in attrs:
+        if atype in seen:
             if atype in MP_TYPES:  # the NLRI cannot be known: RFC 7606 section 3(g)
                 raise BGPError(UPDATE_MESSAGE, MALFORMED_ATTRIBUTE_LIST, f"attribute {atype} repeated")
             continue  # other repeats: keep the first
+        seen.add(atype)
         if (atype == AGGREGATOR and len(value) != (8 if four_octet else 6)) or (atype == ATOMIC_AGGREGATE and value):
             continue  # malformed AGGREGATOR / ATOMIC_AGGREGATE: attribute-discard (RFC 7606 7.6, 7.7)
         mod = MODULES.get(atype)
@@ -96,17 +101,20 @@ def decode(data: bytes, four_octet: bool) -> tuple[dict, bool]:
             continue  # unknown optional non-transitive: ignored
         want_optional = bool(mod.FLAGS & OPTIONAL)
         if bool(flags & OPTIONAL) != want_optional or bool(flags & TRANSITIVE) != bool(mod.FLAGS & TRANSITIVE):
-            if atype in MP_TYPES:
-                raise BGPError(UPDATE_MESSAGE, ATTRIBUTE_FLAGS_ERROR, f"attribute {atype} flags {flags:#x}")
-            withdraw = True
-            continue
+            # RFC 7606 3(c): treat-as-withdraw. An MP attribute is still parsed, to know what to
+            # withdraw; withdrawals (MP_UNREACH) stay withdrawals
+            withdraw = withdraw or atype != mp_unreach.TYPE
+            if atype not in MP_TYPES:
+                continue
         try:
             attrs[atype] = mod.decode(value, four_octet)
+        except FamilyError as e:
+            broken.append((e.afi, e.safi))
         except ValueError as e:
             if atype in MP_TYPES:
                 raise BGPError(UPDATE_MESSAGE, OPTIONAL_ATTRIBUTE_ERROR, str(e)) from e
             withdraw = True
-    return attrs, withdraw
+    return attrs, withdraw, broken
 
 
 __all__ = ["Raw", "encode", "decode"]

@@ -1,5 +1,6 @@
 """AS_PATH (type 2, well-known mandatory): segments of AS_SET (1) or AS_SEQUENCE (2), with 4-byte
-ASNs when both sides announced the four-octet AS capability (RFC 6793), else 2-byte."""
+ASNs when both sides announced the four-octet AS capability (RFC 6793), else 2-byte. AS 0 is
+never valid in it (RFC 7607)."""
 from __future__ import annotations
 
 import struct
@@ -40,6 +41,8 @@ def decode(data: bytes, four_octet: bool) -> ASPath:
         if stype not in (AS_SET, AS_SEQUENCE) or count == 0 or end > len(data):
             raise ValueError("malformed AS_PATH segment")
         asns = struct.unpack(f"!{count}{'I' if four_octet else 'H'}", data[off + 2:end])
+        if 0 in asns:  # RFC 7607: AS 0 makes the AS_PATH malformed (treat-as-withdraw)
+            raise ValueError("AS_PATH contains AS 0")
         segs.append((stype, tuple(asns)))
         off = end
     return ASPath(tuple(segs))

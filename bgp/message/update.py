@@ -17,6 +17,8 @@ class Update:
     attributes: dict = field(default_factory=dict)  # type code -> attribute
     nlri: list[Prefix] = field(default_factory=list)  # IPv4, in the classic field
     treat_as_withdraw: bool = False
+    # families whose MP attribute was malformed past its AFI/SAFI: AFI/SAFI disable (RFC 7606 7.11)
+    broken: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def announced(self) -> list[Prefix]:
@@ -34,10 +36,11 @@ class Update:
 
     def end_of_rib(self) -> tuple[int, int] | None:
         """(afi, safi) if this is an End-of-RIB marker (RFC 4724 section 2)."""
-        if not self.withdrawn and not self.nlri and not self.attributes:
+        if not self.withdrawn and not self.nlri and not self.attributes and not self.broken:
             return (AFI_IPV4, SAFI_UNICAST)
         mp = self.attributes.get(mp_unreach.TYPE)
-        if mp is not None and not mp.withdrawn and len(self.attributes) == 1 and not self.nlri and not self.withdrawn:
+        if (mp is not None and not mp.withdrawn and not mp.raw and len(self.attributes) == 1 and not self.nlri
+                and not self.withdrawn and not self.broken):
             return (mp.afi, mp.safi)
         return None
 
@@ -57,8 +60,8 @@ def decode(body: bytes, four_octet: bool) -> Update:
         nlri = decode_prefixes(body[astart + alen:], AFI_IPV4)
     except ValueError as e:
         raise BGPError(UPDATE_MESSAGE, INVALID_NETWORK_FIELD, str(e)) from e
-    attrs, withdraw = attribute.decode(body[astart:astart + alen], four_octet)
-    upd = Update(withdrawn=withdrawn, attributes=attrs, nlri=nlri, treat_as_withdraw=withdraw)
+    attrs, withdraw, broken = attribute.decode(body[astart:astart + alen], four_octet)
+    upd = Update(withdrawn=withdrawn, attributes=attrs, nlri=nlri, treat_as_withdraw=withdraw, broken=broken)
     if upd.nlri or mp_reach.TYPE in attrs:
         required = {origin.TYPE, as_path.TYPE} | ({next_hop.TYPE} if upd.nlri else set())
         if not required <= set(attrs):

@@ -137,7 +137,7 @@ def test_rfc7606_keeps_unknown_optional_transitive_as_partial_and_discards_bad_a
 
 
 @pytest.mark.parametrize("raw,nlri,sub", [
-    (GOOD + b"\x80\x0e\x03\x00\x02\x01", b"", 9),  # MP_REACH too short: where are the NLRI?
+    (GOOD + b"\x80\x0e\x02\x00\x02", b"", 9),  # MP_REACH without even its SAFI: whose NLRI?
     (GOOD + b"\x80\x0f\x03\x00\x02\x01" * 2, b"", 1),  # MP_UNREACH twice
     (GOOD + b"\x40\x09\x00", b"\x20\xcb\x00\x71\x07", 2),  # an unrecognised well-known attribute
     (GOOD, b"\x21\xcb\x00\x71\x07", 10),  # prefix length 33
@@ -183,3 +183,90 @@ def test_routes_and_attributes_round_trip(routes, med_value):
     assert decoded[0].attributes[med.TYPE].value == med_value
     assert decoded[0].attributes[as_path.TYPE].segments == ((2, (AS_TRANS,)),)  # 2-byte session: AS_TRANS
     assert frame(UPDATE, b"\0\0\0\0")[18] == UPDATE
+
+
+@pytest.mark.parametrize("addr,why", [
+    ("0.0.0.0", "unspecified"), ("0.1.2.3", "in 0/8"), ("127.0.0.9", "loopback"), ("224.0.0.5", "multicast"),
+    ("255.255.255.255", "broadcast"), ("240.0.0.1", "class E (240/4)"), ("::", "unspecified"), ("::1", "loopback"),
+    ("ff02::5", "multicast"), ("::ffff:255.255.255.255", "broadcast"), ("::ffff:127.0.0.1", "loopback"),
+    ("192.0.2.1", None), ("2001:db8::1", None), ("fe80::1", None), ("::ffff:192.0.2.1", None),
+])
+def test_next_hops_no_router_can_have(addr, why):
+    assert next_hop.unusable(ipaddress.ip_address(addr)) == why
+
+
+def test_next_hop_decode_is_syntax_only():
+    # the session judges the address (it knows its own); decoding only checks the length
+    assert str(next_hop.decode(b"\xff\xff\xff\xff", True).address) == "255.255.255.255"
+    u = update.decode(_update_with(GOOD[:13] + b"\x40\x03\x04\xff\xff\xff\xff"), True)
+    assert not u.treat_as_withdraw and u.attributes[next_hop.TYPE].address == ipaddress.ip_address("255.255.255.255")
+
+
+def _mp(type_: int, value: bytes, flags: int = 0x80) -> bytes:
+    return bytes([flags | (0x10 if len(value) > 255 else 0), type_]) + (
+        struct.pack("!H", len(value)) if len(value) > 255 else bytes([len(value)])) + value
+
+
+@pytest.mark.parametrize("afi,safi,value", [
+    (1, 128, b"\x0c" + b"\0" * 12 + b"\0" + b"\x70" + b"\x00\x01\x01" + b"\0" * 8 + b"\xcb\x00\x71"),  # VPNv4
+    (1, 4, b"\x04\xc0\x00\x02\x02\x00" + b"\x38\x00\x01\x01\xcb\x00\x71"),  # labelled unicast, label 16
+    (25, 70, b"\x04\xc0\x00\x02\x02\x00" + b"\x00\x10" + b"\xab" * 16),  # EVPN-ish, any bytes
+    (2, 128, b"\x07\x00"),  # next hop overruns: not ours to judge
+])
+def test_mp_reach_of_other_families_is_kept_raw_never_decoded_as_prefixes(afi, safi, value):
+    attrs = GOOD[:13] + _mp(14, struct.pack("!HB", afi, safi) + value)
+    u = update.decode(_update_with(attrs, b""), True)
+    reach = u.attributes[mp_reach.TYPE]
+    assert (reach.afi, reach.safi, reach.nlri, reach.next_hops) == (afi, safi, (), ())
+    assert reach.raw == struct.pack("!HB", afi, safi) + value and reach.encode(True) == reach.raw
+    assert u.announced == [] and not u.broken
+
+
+def test_mp_unreach_of_another_family_is_kept_raw_and_is_no_end_of_rib():
+    u = update.decode(_update_with(_mp(15, struct.pack("!HB", 1, 128) + b"\x70" + b"\0" * 14), b""), True)
+    unreach = u.attributes[15]
+    assert unreach.withdrawn == () and unreach.raw and u.withdrawn_all == [] and u.end_of_rib() is None
+    eor = update.decode(_update_with(_mp(15, struct.pack("!HB", 1, 128)), b""), True)
+    assert eor.end_of_rib() == (1, 128)  # a real End-of-RIB of that family: the session decides what it means
+
+
+@pytest.mark.parametrize("value", [
+    struct.pack("!HBB", 2, 1, 5) + b"\0" * 5 + b"\0" + b"\x40\x20\x01\x0d\xb8\0\0\0\0",  # 5-byte IPv6 next hop
+    struct.pack("!HBB", 2, 1, 4) + b"\xc0\x00\x02\x02\x00",  # an IPv4 next hop for IPv6
+    struct.pack("!HBB", 2, 1, 40) + b"\0" * 8,  # the next hop overruns the attribute
+    struct.pack("!HB", 2, 1),  # no room for a next hop at all
+    struct.pack("!HBB", 2, 1, 16) + ipaddress.ip_address("2001:db8::2").packed + b"\0" + b"\x81\x20",  # bad NLRI
+])
+def test_malformed_mp_reach_of_a_known_family_disables_that_family_only(value):
+    u = update.decode(_update_with(GOOD + _mp(14, value)), True)
+    assert u.broken == [(2, 1)] and mp_reach.TYPE not in u.attributes
+    # the classic IPv4 part of the UPDATE is still usable
+    assert not u.treat_as_withdraw and u.announced == [ipaddress.ip_network("203.0.113.7/32")]
+
+
+def test_malformed_mp_unreach_of_a_known_family_disables_it():
+    u = update.decode(_update_with(_mp(15, struct.pack("!HB", 2, 1) + b"\x90\x20\x01"), b""), True)
+    assert u.broken == [(2, 1)] and u.end_of_rib() is None
+
+
+def test_mp_reach_with_wrong_flags_is_treat_as_withdraw_not_a_reset():
+    # RFC 7606 3(c): the attribute is parsed to know which routes to withdraw
+    value = struct.pack("!HBB", 2, 1, 16) + ipaddress.ip_address("2001:db8::2").packed + b"\0" + b"\x20\x20\x01\x0d\xb8"
+    u = update.decode(_update_with(GOOD[:13] + _mp(14, value, flags=0xC0), b""), True)
+    assert u.treat_as_withdraw and u.announced == [] and u.withdrawn_all == [ipaddress.ip_network("2001:db8::/32")]
+    # MP_UNREACH with wrong flags: its withdrawals still stand, nothing else is withdrawn
+    u = update.decode(_update_with(GOOD + _mp(15, struct.pack("!HB", 2, 1) + b"\x20\x20\x01\x0d\xb8", flags=0xC0)), True)
+    assert not u.treat_as_withdraw and u.withdrawn_all == [ipaddress.ip_network("2001:db8::/32")]
+
+
+def test_a_second_mp_reach_is_a_reset_even_when_the_first_was_malformed():
+    bad = _mp(14, struct.pack("!HBB", 2, 1, 5) + b"\0" * 6)
+    with pytest.raises(BGPError) as e:
+        update.decode(_update_with(GOOD + bad + bad, b""), True)
+    assert (e.value.code, e.value.subcode) == (3, 1)
+
+
+def test_as_zero_in_the_path_is_treat_as_withdraw():
+    # RFC 7607
+    u = update.decode(_update_with(GOOD[:4] + b"\x40\x02\x06\x02\x01\x00\x00\x00\x00" + GOOD[13:]), True)
+    assert u.treat_as_withdraw and u.announced == []
