@@ -2,16 +2,30 @@
 installs (routes with moor's protocol number), within milliseconds of their appearance.
 
     moord --config /etc/moor/moord.yaml
+
+Every config value is checked at load, and every error is one line naming its field
+(`bgp.peers[1].port 70000: must be 1..65535`); unknown keys are refused by name. At start the API
+socket, the metrics listener and the BGP listen address are all bound before any BGP session
+starts; a failure is one line naming the config key, whatever was started is undone, and moord
+exits 2.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import errno
 import ipaddress
 import logging
+import math
+import os
 import signal
+import socket
+import stat
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -32,6 +46,11 @@ class ConfigError(ValueError):
     pass
 
 
+class StartError(RuntimeError):
+    """The agent could not start (an address or path it cannot bind or write): one line naming
+    the config key. Whatever had started is undone before it is raised out of run()."""
+
+
 @dataclass
 class AgentConfig:
     local: LocalConfig
@@ -50,17 +69,325 @@ class AgentConfig:
     ipam_config: str = ""  # the CNI network config whose moor-ipam reservations the API shows
 
 
-def _req(doc: dict, key: str, typ, where: str):
-    if key not in doc:
-        raise ConfigError(f"{where}.{key} is missing")
-    val = doc[key]
-    if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
-        raise ConfigError(f"{where}.{key} must be {typ.__name__}, got {val!r}")
-    return val
+# -- the schema: every key moord knows, per section -------------------------------------------------
+KNOWN: dict[str, tuple[str, ...]] = {
+    "": ("bgp", "api", "metrics", "probe", "ipam"),
+    "bgp": ("asn", "routerId", "listenAddress", "listenPort", "holdTime", "nextHopIPv6", "peers", "gracefulRestart",
+            "installLearned", "advertise"),
+    "bgp.peers[]": ("address", "asn", "passive", "port", "holdTime", "communities", "password", "ttlSecurity",
+                    "gracefulRestart", "maxPrefixes"),
+    "bgp.gracefulRestart": ("restartTime", "staleRoutesTime", "stateFile"),
+    "bgp.advertise": ("podRoutes", "blocks"),
+    "api": ("socket",),
+    "metrics": ("address", "port"),
+    "probe": ("enabled", "sessionLimit", "sessionAgingSeconds", "maxSessions"),
+    "ipam": ("config",),
+}
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
 
-def _opt(doc: dict, key: str, typ, where: str, default):
-    return _req(doc, key, typ, where) if doc.get(key) is not None else default
+def _show(val) -> str:
+    """A value as the message shows it: plain words bare, anything odd (empty, spaces) quoted."""
+    if isinstance(val, str):
+        return val if val and val.isprintable() and not any(c.isspace() for c in val) else repr(val)
+    if isinstance(val, bool):
+        return "true" if val else "false"
+    return repr(val)
+
+
+def _got(val) -> str:
+    """A value of the wrong type: strings quoted (`got '179'` is not `got 179`), long ones cut."""
+    text = repr(val) if isinstance(val, str) else _show(val)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(typ) -> str:
+    return {"number": "a number", list: "a list", dict: "a mapping"}.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+def _unknown(key, where: str, schema: str) -> str:
+    name = f"{where}.{key}" if where else str(key)
+    known = KNOWN[schema]
+    if isinstance(key, str):
+        lower = {k.lower(): k for k in known}
+        close = difflib.get_close_matches(key.lower(), list(lower), n=1, cutoff=0.6)
+        if close:
+            return f"{name}: unknown key (did you mean {lower[close[0]]}?)"
+        elsewhere = [s.replace("[]", "[*]") for s, keys in KNOWN.items() if s != schema and key in keys]
+        if elsewhere:
+            return f"{name}: unknown key here (it belongs in {' or '.join(s or 'the top level' for s in elsewhere)})"
+    return f"{name}: unknown key (known: {', '.join(known)})"
+
+
+class _Section:
+    """One mapping of the config: refuses keys it does not know, and reads typed values."""
+
+    def __init__(self, doc, where: str, schema: str):
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where or 'the config'} must be a mapping, got {_got(doc)}")
+        for key in doc:
+            if key not in KNOWN[schema]:
+                raise ConfigError(_unknown(key, where, schema))
+        self.doc, self.where = doc, where
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, typ, default=None, required: bool = False):
+        """The value of `key` checked against `typ` (int, bool, str, list, dict or "number");
+        absent or null: `default` (or an error when required)."""
+        val = self.doc.get(key)
+        if val is None:
+            if required:
+                raise ConfigError(f"{self.name(key)} is missing")
+            return default
+        ok = (isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)
+              if typ == "number" else isinstance(val, typ) and not (typ is int and isinstance(val, bool)))
+        if not ok:
+            raise ConfigError(f"{self.name(key)} must be {_type_name(typ)}, got {_got(val)}")
+        return val
+
+    def section(self, key: str, schema: str | None = None) -> _Section:
+        val = self.doc.get(key)
+        return _Section({} if val is None else val, self.name(key), schema or self.name(key))
+
+    def int_in(self, key: str, lo: int, hi: int, default=None, required: bool = False, what: str = "") -> int:
+        val = self.get(key, int, default, required)
+        if val is not None and not lo <= val <= hi:
+            raise ConfigError(f"{self.name(key)} {val}: must be {lo}..{hi}{what}")
+        return val
+
+    def hold_time(self, key: str, default: int) -> int:
+        val = self.get(key, int, default)
+        if val != 0 and not 3 <= val <= 65535:
+            raise ConfigError(f"{self.name(key)} {val}: must be 0 or 3..65535 seconds")
+        return val
+
+    def ip(self, key: str, default=None, required: bool = False, version: int | None = None):
+        val = self.get(key, str, default, required)
+        if val is None or val == default:
+            return val
+        try:
+            ip = ipaddress.ip_address(val)
+        except ValueError:
+            raise ConfigError(f"{self.name(key)} {_show(val)}: not an IP{'v%d' % version if version else ''} "
+                              "address") from None
+        if version is not None and ip.version != version:
+            raise ConfigError(f"{self.name(key)} {val}: not an IPv{version} address")
+        return val
+
+    def path(self, key: str, default: str, writes: bool, socket_file: bool = False, off: bool = False) -> str:
+        """An absolute path (see _check_path); `off`: "" turns the feature off."""
+        val = self.get(key, str, default)
+        if val or not off:
+            _check_path(self.name(key), val, writes, socket_file)
+        return val
+
+
+def _stat(name: str, val: str, path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise ConfigError(f"{name} {_show(val)}: {_show(path)}: {e.strerror}") from None
+
+
+def _check_path(name: str, val: str, writes: bool, socket_file: bool) -> None:
+    """An absolute path to a file, whose parent is a directory or can be created (missing parents
+    are created at start: /run/moor does not exist on a fresh node); `writes`: the parent must be
+    writable; `socket_file`: a unix socket (what exists there must be a socket, the path fits
+    sun_path)."""
+    v = _show(val)
+    if "\0" in val:
+        raise ConfigError(f"{name} {v}: contains a NUL byte")
+    if not os.path.isabs(val):
+        raise ConfigError(f"{name} {v}: must be an absolute path")
+    if val.endswith("/"):
+        raise ConfigError(f"{name} {v}: must name a file, not a directory")
+    if socket_file and len(os.fsencode(val)) > UNIX_PATH_MAX:
+        raise ConfigError(f"{name} {v}: longer than {UNIX_PATH_MAX} bytes (the limit of a unix socket path)")
+    path = os.path.normpath(val)
+    st = _stat(name, val, path)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{name} {v}: is a directory")
+        if socket_file and not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"{name} {v}: exists and is not a socket (moord replaces only a socket)")
+        if not socket_file and not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{name} {v}: exists and is not a regular file")
+    parent = anc = os.path.dirname(path)
+    while (st := _stat(name, val, anc)) is None:
+        anc = os.path.dirname(anc)
+    # the parent itself, or the nearest existing directory above it, where start-up creates it
+    how = f"parent {_show(parent)}" if anc == parent else f"parent {_show(parent)} cannot be created: {_show(anc)}"
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{name} {v}: {how} is not a directory")
+    if writes and not os.access(anc, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {v}: {how} is not writable")
+
+
+def _missing_parent(path: str) -> str:
+    """The parent directory start-up will create, or ''."""
+    parent = os.path.dirname(os.path.normpath(path))
+    return "" if os.path.isdir(parent) else parent
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _val in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key.value!r}",
+                                                            key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"not YAML: {where}{e.problem or e.context or 'syntax error'}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not YAML: {' '.join(str(e).split())}") from None
+
+
+def _peer(p, where: str, local: LocalConfig) -> PeerConfig:
+    s = _Section(p, where, "bgp.peers[]")
+    address = s.ip("address", required=True)
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_multicast:
+        raise ConfigError(f"{where}.address {address}: not a unicast address")
+    comms = []
+    for i, c in enumerate(s.get("communities", list, [])):
+        if not isinstance(c, str):  # YAML reads 65000:42 unquoted as a base-60 number
+            raise ConfigError(f"{where}.communities[{i}] {_show(c)}: must be a quoted string like '65000:42'")
+        try:
+            comms.append(parse_community(c))
+        except ValueError as e:
+            raise ConfigError(f"{where}.communities[{i}]: {e}") from None
+    password = s.get("password", str, "")
+    if len(password.encode()) > 80:
+        raise ConfigError(f"{where}.password is longer than 80 bytes (the kernel's TCP MD5 limit)")
+    kw = {}
+    kw["max_prefixes"] = s.int_in("maxPrefixes", 0, 0xFFFFFFFF, 0, what=" (0: no limit)")
+    return PeerConfig(address=address, asn=s.int_in("asn", 1, 0xFFFFFFFF, required=True, what=" (a 4-byte AS number)"),
+                      passive=s.get("passive", bool, False), port=s.int_in("port", 1, 65535, 179),
+                      hold_time=s.hold_time("holdTime", local.hold_time), communities=tuple(comms),
+                      password=password, ttl_security=s.get("ttlSecurity", bool, False),
+                      graceful_restart=s.get("gracefulRestart", bool, False), **kw)
+
+
+def load(text: str) -> AgentConfig:
+    doc = _parse_yaml(text)
+    top = _Section({} if doc is None else doc, "", "")
+    if top.doc.get("bgp") is None:
+        raise ConfigError("bgp is missing: the config needs a 'bgp' mapping")
+    b = top.section("bgp")
+    gr = b.section("gracefulRestart")
+    local = LocalConfig(asn=b.int_in("asn", 1, 0xFFFFFFFF, required=True, what=" (a 4-byte AS number)"),
+                        router_id=b.ip("routerId", required=True, version=4),
+                        hold_time=b.hold_time("holdTime", 90),
+                        restart_time=gr.int_in("restartTime", 0, 4095, 120,
+                                               what=" seconds (12 bits in the capability)"),
+                        next_hop6=b.ip("nextHopIPv6", "", version=6))
+    if ipaddress.ip_address(local.router_id) == ipaddress.IPv4Address(0):
+        raise ConfigError(f"bgp.routerId {local.router_id}: must not be zero (RFC 6286)")
+    if local.next_hop6 and (ipaddress.ip_address(local.next_hop6).is_unspecified
+                            or ipaddress.ip_address(local.next_hop6).is_multicast):
+        raise ConfigError(f"bgp.nextHopIPv6 {local.next_hop6}: not a unicast address")
+    listen = b.ip("listenAddress", "0.0.0.0")
+    listen_port = b.int_in("listenPort", 1, 65535, 179)
+    peers_doc = b.get("peers", list, [])
+    peers = [_peer(p, f"bgp.peers[{i}]", local) for i, p in enumerate(peers_doc)]
+    seen: dict = {}
+    listen_ip = ipaddress.ip_address(listen)
+    # a passive peer must reach the listener: an IPv4 socket takes no IPv6 connection, and an
+    # IPv6 address other than :: takes no IPv4 one
+    accepts = {4} if listen_ip.version == 4 else {4, 6} if listen_ip.is_unspecified else {6}
+    for i, p in enumerate(peers):
+        ip = ipaddress.ip_address(p.address.split("%")[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip in seen:
+            raise ConfigError(f"bgp.peers[{i}].address {p.address}: appears twice (also bgp.peers[{seen[ip]}])")
+        seen[ip] = i
+        if p.passive and ip.version not in accepts:
+            raise ConfigError(f"bgp.peers[{i}].passive: the peer must connect to us over IPv{ip.version}, but "
+                              f"bgp.listenAddress {listen} takes IPv{listen_ip.version} connections only")
+    adv = b.section("advertise")
+    blocks = []
+    for i, c in enumerate(adv.get("blocks", list, [])):
+        if not isinstance(c, str):
+            raise ConfigError(f"bgp.advertise.blocks[{i}] {_show(c)}: must be a prefix like 203.0.113.0/26")
+        try:
+            blocks.append(ipaddress.ip_network(c))
+        except ValueError as e:
+            raise ConfigError(f"bgp.advertise.blocks[{i}]: {e}") from None
+    stale_time = gr.get("staleRoutesTime", "number", 360)
+    if stale_time < 0:
+        raise ConfigError(f"bgp.gracefulRestart.staleRoutesTime {stale_time}: must be >= 0 seconds")
+    api, met, pr, ipam = (top.section(k) for k in ("api", "metrics", "probe", "ipam"))
+    aging = pr.get("sessionAgingSeconds", "number", 300)
+    if aging <= 0:
+        raise ConfigError(f"probe.sessionAgingSeconds {aging}: must be > 0 seconds")
+    probe = ProbeConfig(enabled=pr.get("enabled", bool, True),
+                        session_limit=pr.int_in("sessionLimit", 0, 0xFFFFFFFF, 0, what=" (0: unknown)"),
+                        session_aging_s=float(aging),
+                        max_sessions=pr.int_in("maxSessions", 1024, 0xFFFFFFFF, 262144))
+    return AgentConfig(local=local, peers=peers, listen_address=listen, listen_port=listen_port,
+                       advertise_pod_routes=adv.get("podRoutes", bool, True), advertise_blocks=blocks,
+                       install_learned=b.get("installLearned", bool, False), stale_time=stale_time,
+                       state_file=gr.path("stateFile", "/run/moor/moord-gr.json", writes=True),
+                       api_socket=api.path("socket", "/run/moor/moord.sock", writes=True, socket_file=True, off=True),
+                       metrics_address=met.ip("address", "0.0.0.0"),
+                       metrics_port=met.int_in("port", 0, 65535, 9653, what=" (0 turns metrics off)"),
+                       probe=probe, ipam_config=ipam.path("config", "", writes=False, off=True))
+
+
+# -- start-up: bind everything, then BGP ----------------------------------------------------------
+def _bind_error(key_addr: str, key_port: str, address: str, port: int, e: OSError) -> StartError:
+    why = e.strerror or str(e)
+    if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL, errno.ENODEV):
+        return StartError(f"{key_addr} {address}: cannot bind: {why}")
+    if e.errno in (errno.EADDRINUSE, errno.EACCES):
+        return StartError(f"{key_port} {port}: cannot bind on {address}: {why}")
+    return StartError(f"{key_addr} {address} ({key_port} {port}): cannot bind: {why}")
+
+
+def _check_bgp_bind(address: str, port: int) -> None:
+    """Bind (and release) the BGP listen address the way the speaker will (SO_REUSEADDR), so a
+    busy port or an address not on the node is reported before anything else starts."""
+    version = ipaddress.ip_address(address).version
+    try:
+        with socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+    except OSError as e:  # an address family the kernel lacks fails at socket()
+        raise _bind_error("bgp.listenAddress", "bgp.listenPort", address, port, e) from None
+
+
+def _read_state(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def _restore_state(path: str, previous: bytes | None) -> None:
+    """A start that failed leaves the graceful-restart state as the previous agent left it."""
+    if previous is None:
+        restart.end(path)
+        return
+    tmp = path + ".tmp"
+    Path(tmp).write_bytes(previous)
+    os.replace(tmp, path)
 
 
 def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
@@ -82,169 +409,199 @@ def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
             log.warning("%s not loaded: %s", name, e)
 
 
-def _mapping(doc: dict, key: str, where: str) -> dict:
-    val = doc.get(key) or {}
-    if not isinstance(val, dict):
-        raise ConfigError(f"{where + '.' if where else ''}{key} must be a mapping")
-    return val
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def load(text: str) -> AgentConfig:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not YAML: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("bgp"), dict):
-        raise ConfigError("the config needs a 'bgp' mapping")
-    b = doc["bgp"]
-    gr = _mapping(b, "gracefulRestart", "bgp")
-    local = LocalConfig(asn=_req(b, "asn", int, "bgp"), router_id=_req(b, "routerId", str, "bgp"),
-                        hold_time=_opt(b, "holdTime", int, "bgp", 90),
-                        restart_time=_opt(gr, "restartTime", int, "bgp.gracefulRestart", 120),
-                        next_hop6=_opt(b, "nextHopIPv6", str, "bgp", ""))
-    if not 1 <= local.asn <= 0xFFFFFFFF:
-        raise ConfigError(f"bgp.asn {local.asn} is not a 4-byte AS number")
-    for key, val in (("bgp.routerId", local.router_id), ("bgp.nextHopIPv6", local.next_hop6)):
-        try:
-            if val and ipaddress.ip_address(val).version != (4 if key == "bgp.routerId" else 6):
-                raise ValueError(f"{val!r} is of the wrong IP version")
-        except ValueError as e:
-            raise ConfigError(f"{key}: {e}") from e
-    if not 0 <= local.restart_time <= 4095:
-        raise ConfigError("bgp.gracefulRestart.restartTime must be 0..4095 seconds (12 bits in the capability)")
-    if local.hold_time and not 3 <= local.hold_time <= 65535:
-        raise ConfigError("bgp.holdTime must be 0 or 3..65535")
-    peers = []
-    for i, p in enumerate(b.get("peers") or []):
-        where = f"bgp.peers[{i}]"
-        if not isinstance(p, dict):
-            raise ConfigError(f"{where} must be a mapping")
-        try:
-            comms = tuple(parse_community(str(c)) for c in p.get("communities") or [])
-        except ValueError as e:
-            raise ConfigError(f"{where}.communities: {e}") from e
-        address = _req(p, "address", str, where)
-        try:
-            ipaddress.ip_address(address)
-        except ValueError as e:
-            raise ConfigError(f"{where}.address: {e}") from e
-        peers.append(PeerConfig(address=address, asn=_req(p, "asn", int, where),
-                                passive=_opt(p, "passive", bool, where, False), port=_opt(p, "port", int, where, 179),
-                                hold_time=_opt(p, "holdTime", int, where, local.hold_time), communities=comms,
-                                password=str(p.get("password") or ""),
-                                ttl_security=_opt(p, "ttlSecurity", bool, where, False),
-                                graceful_restart=_opt(p, "gracefulRestart", bool, where, False)))
-        if peers[-1].hold_time and not 3 <= peers[-1].hold_time <= 65535:
-            raise ConfigError(f"{where}.holdTime must be 0 or 3..65535")
-        if len(peers[-1].password.encode()) > 80:
-            raise ConfigError(f"{where}.password is longer than 80 bytes (the kernel's TCP MD5 limit)")
-    if len({p.address for p in peers}) != len(peers):
-        raise ConfigError("bgp.peers: an address appears twice")
-    adv = _mapping(b, "advertise", "bgp")
-    blocks = []
-    for i, c in enumerate(adv.get("blocks") or []):
-        try:
-            blocks.append(ipaddress.ip_network(str(c)))
-        except ValueError as e:
-            raise ConfigError(f"bgp.advertise.blocks[{i}]: {e}") from e
-    api, met, pr, ipam = (_mapping(doc, k, "") for k in ("api", "metrics", "probe", "ipam"))
-    probe = ProbeConfig(enabled=_opt(pr, "enabled", bool, "probe", True),
-                        session_limit=_opt(pr, "sessionLimit", int, "probe", 0),
-                        session_aging_s=float(_opt(pr, "sessionAgingSeconds", int, "probe", 300)),
-                        max_sessions=_opt(pr, "maxSessions", int, "probe", 262144))
-    if probe.session_limit < 0 or probe.session_aging_s <= 0 or probe.max_sessions < 1024:
-        raise ConfigError("probe: sessionLimit must be >= 0, sessionAgingSeconds > 0, maxSessions >= 1024")
-    metrics_port = _opt(met, "port", int, "metrics", 9653)
-    if not 0 <= metrics_port <= 65535:
-        raise ConfigError("metrics.port must be 0..65535 (0 turns metrics off)")
-    return AgentConfig(local=local, peers=peers, listen_address=_opt(b, "listenAddress", str, "bgp", "0.0.0.0"),
-                       listen_port=_opt(b, "listenPort", int, "bgp", 179),
-                       advertise_pod_routes=_opt(adv, "podRoutes", bool, "bgp.advertise", True),
-                       advertise_blocks=blocks, install_learned=_opt(b, "installLearned", bool, "bgp", False),
-                       stale_time=_opt(gr, "staleRoutesTime", int, "bgp.gracefulRestart", 360),
-                       state_file=_opt(gr, "stateFile", str, "bgp.gracefulRestart", "/run/moor/moord-gr.json"),
-                       api_socket=_opt(api, "socket", str, "api", "/run/moor/moord.sock"),
-                       metrics_address=_opt(met, "address", str, "metrics", "0.0.0.0"), metrics_port=metrics_port,
-                       probe=probe, ipam_config=_opt(ipam, "config", str, "ipam", ""))
+class NodeAddresses:
+    """Whether an address is one of this node's (a learned route via it would loop back to us),
+    from the kernel, re-read at most every few seconds: the speaker asks once per UPDATE."""
+
+    def __init__(self, ttl_s: float = 5.0):
+        self.ttl_s = ttl_s
+        self._at = -ttl_s
+        self._addrs: frozenset[str] = frozenset()
+
+    def __call__(self, addr: str) -> bool:
+        now = time.monotonic()
+        if now - self._at >= self.ttl_s:
+            from cni.netlink.rtnl import RTNL
+            with RTNL() as nl:
+                self._addrs = frozenset(str(a.ip) for a in nl.addrs())
+            self._at = now
+        return addr in self._addrs
 
 
 async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set. With `graceful_stop` also set, stop for a restart: peers that do
-    graceful restart keep our routes, and the learned routes stay in the kernel, forwarding."""
-    gr_peers = any(p.graceful_restart for p in conf.peers)
-    st = restart.begin(conf.state_file) if gr_peers else restart.RestartState(False, False)
-    conf.local.restarted, conf.local.forwarding = st.restarted, st.forwarding
-    if st.restarted:
-        log.info("restarted (previous pid %d); forwarding state %s", st.previous_pid,
-                 "kept" if st.forwarding else "lost")
-    fib = Fib() if conf.install_learned else None
-    if fib is not None and (n := fib.adopt()):
-        log.info("adopted %d learned routes left by the previous agent", n)
-    view = AgentView(fib=fib, restarted=st.restarted, forwarding=st.forwarding, ipam_config=conf.ipam_config,
-                     probe_conf=conf.probe)
-    speaker = Speaker(conf.local, conf.peers, conf.listen_address, conf.listen_port,
-                      on_best=fib.set if fib is not None else None, stale_time=conf.stale_time,
-                      on_state=view.peer_state)
-    view.speaker = speaker
+    graceful restart keep our routes, and the learned routes stay in the kernel, forwarding.
+
+    Start-up binds the API socket, the metrics listener and (a probe of) the BGP listen address
+    before anything else, and starts the speaker, whose sessions connect at once, last. A failure
+    raises StartError naming the config key, after undoing what had started."""
     loop = asyncio.get_running_loop()
+    gr_peers = any(p.graceful_restart for p in conf.peers)
+    view = AgentView(ipam_config=conf.ipam_config, probe_conf=conf.probe)
+    api = metrics = fib = watch = speaker = settling = loading = None
+    api_ino = 0
+    state_began, previous_state = False, None
+    serving = False  # start-up done: from here a stop is a stop, not an undo
 
-    def changed(route, present: bool) -> None:
-        if present:
-            speaker.announce(route.dst)
-        else:
-            speaker.withdraw(route.dst)
-        log.info("%s %s", "advertise" if present else "withdraw", route.dst)
-
-    for block in conf.advertise_blocks:
-        speaker.announce(block)
-    watch = RouteWatch(changed)
-    if conf.advertise_pod_routes:
-        for r in watch.start(loop):  # the table first: the agent can restart at any time
-            speaker.announce(r.dst)
-    await speaker.start()
-
-    async def settle() -> None:
-        # routes the previous agent installed stay until the peers resent theirs (RFC 4724 4.1),
-        # bounded so a silent peer cannot keep wrong routes forever
-        try:
-            await asyncio.wait_for(speaker.synced.wait(), conf.local.restart_time or 1)
-        except asyncio.TimeoutError:
-            log.warning("not every peer sent End-of-RIB within %d s", conf.local.restart_time)
-        if fib is not None and (n := fib.sweep_adopted()):
-            log.info("removed %d learned routes no peer sends any more", n)
-    settling = asyncio.ensure_future(settle()) if fib is not None and fib.adopted else None
-    api = await api_server.serve(view, conf.api_socket) if conf.api_socket else None
-    metrics = await metrics_server.serve(view, conf.metrics_address, conf.metrics_port) if conf.metrics_port else None
-    if conf.probe.enabled:
-        loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
-    else:
-        loading = None
-        view.components["probe"] = Component("probe", True, "disabled in moord's config")
     try:
+        # 1. every endpoint, before any BGP session can come up
+        if conf.api_socket:
+            if parent := _missing_parent(conf.api_socket):
+                log.info("creating %s for api.socket", parent)
+            try:
+                api = await api_server.serve(view, conf.api_socket)
+            except api_server.ServeError as e:
+                raise StartError(f"api.socket {conf.api_socket}: {e}") from None
+            api_ino = os.stat(conf.api_socket).st_ino if os.path.exists(conf.api_socket) else 0
+            log.info("API on unix:%s", conf.api_socket)
+        if conf.metrics_port:
+            try:
+                metrics = await metrics_server.serve(view, conf.metrics_address, conf.metrics_port)
+            except OSError as e:
+                raise _bind_error("metrics.address", "metrics.port", conf.metrics_address, conf.metrics_port,
+                                  e) from None
+            log.info("metrics on http://%s/metrics", _endpoint(conf.metrics_address, conf.metrics_port))
+        _check_bgp_bind(conf.listen_address, conf.listen_port)
+
+        # 2. graceful-restart state, learned routes, the kernel table
+        st = restart.RestartState(False, False)
+        if gr_peers:
+            if parent := _missing_parent(conf.state_file):
+                log.info("creating %s for bgp.gracefulRestart.stateFile", parent)
+            previous_state = _read_state(conf.state_file)
+            try:
+                st = restart.begin(conf.state_file)
+            except OSError as e:
+                raise StartError(f"bgp.gracefulRestart.stateFile {conf.state_file}: {e.strerror or e}") from None
+            state_began = True
+        conf.local.restarted, conf.local.forwarding = st.restarted, st.forwarding
+        if conf.local.is_local is None:  # routes via an address of this node are treat-as-withdraw
+            conf.local.is_local = NodeAddresses()
+        view.restarted, view.forwarding = st.restarted, st.forwarding
+        if st.restarted:
+            log.info("restarted (previous pid %d); forwarding state %s", st.previous_pid,
+                     "kept" if st.forwarding else "lost")
+        if conf.install_learned:
+            try:
+                fib = Fib()
+                n = fib.adopt()
+            except OSError as e:
+                raise StartError(f"bgp.installLearned: cannot read the kernel routing table: {e}") from None
+            view.fib = fib
+            if n:
+                log.info("adopted %d learned routes left by the previous agent", n)
+        speaker = Speaker(conf.local, conf.peers, conf.listen_address, conf.listen_port,
+                          on_best=fib.set if fib is not None else None, stale_time=conf.stale_time,
+                          on_state=view.peer_state)
+        view.speaker = speaker
+
+        def changed(route, present: bool) -> None:
+            if present:
+                speaker.announce(route.dst)
+            else:
+                speaker.withdraw(route.dst)
+            log.info("%s %s", "advertise" if present else "withdraw", route.dst)
+
+        for block in conf.advertise_blocks:
+            speaker.announce(block)
+        watch = RouteWatch(changed)
+        if conf.advertise_pod_routes:
+            try:
+                present = watch.start(loop)  # the table first: the agent can restart at any time
+            except OSError as e:
+                raise StartError(f"bgp.advertise.podRoutes: cannot follow the kernel routing table: {e}") from None
+            for r in present:
+                speaker.announce(r.dst)
+
+        # 3. BGP, last: its sessions start connecting as soon as it listens
+        try:
+            await speaker.start()
+        except OSError as e:
+            speaker = None  # nothing of it runs: the listener is what failed
+            if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT, errno.EINVAL):
+                raise _bind_error("bgp.listenAddress", "bgp.listenPort", conf.listen_address, conf.listen_port,
+                                  e) from None
+            # the bind was checked: what else the listener sets is the peers' TCP MD5 and GTSM
+            secured = [f"bgp.peers[{i}]" for i, p in enumerate(conf.peers) if p.password or p.ttl_security]
+            raise StartError(f"bgp.listenAddress {conf.listen_address}: cannot listen on port {conf.listen_port}: "
+                             f"{e.strerror or e}" + (f" (TCP MD5 or GTSM of {', '.join(secured)})" if secured
+                                                     else "")) from None
+        log.info("BGP on %s, %d peer(s)", _endpoint(conf.listen_address, conf.listen_port), len(conf.peers))
+
+        async def settle() -> None:
+            # routes the previous agent installed stay until the peers resent theirs (RFC 4724 4.1),
+            # bounded so a silent peer cannot keep wrong routes forever
+            try:
+                await asyncio.wait_for(speaker.synced.wait(), conf.local.restart_time or 1)
+            except asyncio.TimeoutError:
+                log.warning("not every peer sent End-of-RIB within %d s", conf.local.restart_time)
+            if fib is not None and (n := fib.sweep_adopted()):
+                log.info("removed %d learned routes no peer sends any more", n)
+        settling = asyncio.ensure_future(settle()) if fib is not None and fib.adopted else None
+        if conf.probe.enabled:
+            loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
+        else:
+            view.components["probe"] = Component("probe", True, "disabled in moord's config")
+        serving = True
         await stop.wait()
     finally:
+        graceful = serving and gr_peers and graceful_stop is not None and graceful_stop.is_set()
         if settling is not None:
             settling.cancel()
         if api is not None:
-            await api.stop(0.5)
+            await _quietly("stopping the API", api.stop(0.5))
+            _quietly_sync("removing the API socket", _remove_socket, conf.api_socket, api_ino)
         if metrics is not None:
             metrics.close()
         if loading is not None:
             await loading  # a thread cannot be cancelled; the probes close below
         for probe in (view.drops, view.sessions):
             if probe is not None:
-                probe.close()
-        graceful = gr_peers and graceful_stop is not None and graceful_stop.is_set()
-        watch.stop(loop)
-        # the kernel's learned routes are frozen from here: all kept (a restart) or all flushed
-        speaker.rib_in.on_best = lambda prefix, hops: None
-        await speaker.stop(graceful=graceful)
+                _quietly_sync("closing a probe", probe.close)
+        if watch is not None:
+            watch.stop(loop)
+        if speaker is not None:
+            # the kernel's learned routes are frozen from here: all kept (a restart) or all flushed
+            speaker.rib_in.on_best = lambda prefix, hops: None
+            if serving:
+                await _quietly("stopping BGP", speaker.stop(graceful=graceful))
         if fib is not None:
-            if not graceful:
-                fib.flush()
+            if serving and not graceful:
+                _quietly_sync("removing learned routes", fib.flush)
+            # a start that failed leaves the previous agent's routes forwarding, for the next one
             fib.close()
-        if gr_peers and not graceful:
+        if state_began and not serving:
+            _quietly_sync("restoring the graceful-restart state", _restore_state, conf.state_file, previous_state)
+        elif gr_peers and serving and not graceful:
             restart.end(conf.state_file)
+
+
+def _remove_socket(path: str, ino: int) -> None:
+    """The API socket goes with the agent (grpc removes it too; never a successor's socket)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
+        os.unlink(path)
+
+
+async def _quietly(what: str, aw) -> None:
+    try:
+        await aw
+    except Exception as e:
+        log.warning("%s: %s", what, e)
+
+
+def _quietly_sync(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:
+        log.warning("%s: %s", what, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,9 +612,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     try:
-        with open(a.config) as f:
-            conf = load(f.read())
-    except (OSError, ConfigError) as e:
+        with open(a.config, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 text (byte {e.start})") from None
+        conf = load(text)
+    except OSError as e:
+        print(f"moord: {a.config}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
         print(f"moord: {a.config}: {e}", file=sys.stderr)
         return 2
 
@@ -273,7 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGTERM, restart_stop)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await run(conf, stop, graceful)
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except StartError as e:
+        print(f"moord: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

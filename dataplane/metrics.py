@@ -5,7 +5,9 @@ scrape never stalls keepalives."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -120,7 +122,8 @@ class Collector:
 
 
 async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractServer:
-    """GET /metrics in the text exposition format; anything else is 404."""
+    """GET /metrics in the text exposition format; anything else is 404. OSError when the
+    address cannot be bound."""
     collector = Collector()
     reg = CollectorRegistry()
     reg.register(collector)
@@ -151,4 +154,16 @@ async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractSer
             log.exception("metrics scrape failed")
         finally:
             writer.close()
-    return await asyncio.start_server(handle, address, port)
+    # our own socket: an address that cannot be bound is an OSError with its errno (the caller names
+    # the config key), never one of asyncio's rewordings
+    ip = ipaddress.ip_address(address)
+    sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(64)
+        sock.setblocking(False)
+        return await asyncio.start_server(handle, sock=sock)
+    except BaseException:
+        sock.close()
+        raise

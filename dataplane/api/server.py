@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import stat
 from pathlib import Path
 
 import grpc
@@ -83,19 +85,70 @@ class AgentService(rpc.AgentServicer):
             sessions=[sess(s) for s in stats] if full else [])
 
 
+class ServeError(Exception):
+    """The API cannot listen on its socket: one line saying why (the caller names the config key)."""
+
+
+def _claim(path: Path) -> None:
+    """Make `path` free for our socket: a previous agent's socket that nobody listens on any more
+    is removed; a live agent's socket, or anything that is not a socket, is an error. A bind of a
+    plain unix socket tells why the path cannot be bound (grpc only says that it failed)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ServeError(f"cannot create {path.parent}: {e.strerror or e}") from None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ServeError(f"cannot examine it: {e.strerror or e}") from None
+    if st is not None and stat.S_ISSOCK(st.st_mode):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+        except OSError:  # a previous agent's socket: nothing listens on it any more
+            pass
+        else:
+            raise ServeError("another process (a running moord?) listens on it")
+        finally:
+            s.close()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise ServeError(f"cannot remove the old socket: {e.strerror or e}") from None
+    elif st is not None:
+        raise ServeError("is a directory" if stat.S_ISDIR(st.st_mode) else "exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(str(path))
+    except OSError as e:
+        raise ServeError(f"cannot bind: {e.strerror or e}") from None
+    finally:
+        s.close()
+    path.unlink(missing_ok=True)
+
+
 async def serve(view: AgentView, socket_path: str) -> grpc.aio.Server:
-    """Start the API; the caller stops it with `await server.stop(grace)`."""
+    """Start the API; the caller stops it with `await server.stop(grace)`. ServeError when the
+    socket cannot be bound."""
     path = Path(socket_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_socket():
-        path.unlink()  # a previous agent's socket: nothing listens on it any more
+    _claim(path)
     server = grpc.aio.server()
     rpc.add_AgentServicer_to_server(AgentService(view), server)
     old = os.umask(0o077)
     try:
-        server.add_insecure_port(f"unix://{path}")
+        try:
+            if not server.add_insecure_port(f"unix://{path}"):  # older grpc returns 0, newer raises
+                raise RuntimeError
+        except RuntimeError:
+            raise ServeError("cannot bind (grpc refused the address)") from None
         await server.start()
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    try:
+        os.chmod(path, 0o600)
+    except OSError as e:
+        await server.stop(0)
+        raise ServeError(f"cannot make it mode 0600: {e.strerror or e}") from None
     return server
