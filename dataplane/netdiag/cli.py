@@ -6,12 +6,18 @@
     netdiag sessions                VPC session pressure (probe), long-lived sessions, conntrack
     netdiag bgp                     BGP peers and routes (agent); moor's routes in the kernel
     netdiag ipam                    IP reservations (the IPAM database, read-only)
-    netdiag pod NAMESPACE/NAME      one pod: IPs, netns, interfaces, routes, neighbours, counters
+    netdiag pod NAMESPACE/NAME      one pod: IPs, netns, interfaces, routes, neighbours, counters, and
+                                    the doctor's findings about it
+    netdiag status                  what netdiag can see: the agent, its probes and BGP sessions, the
+                                    IPAM store, versions
 
 Options (before or after the command): --json (a document for scripts), --watch [SECONDS] (redraw
 until Ctrl-C), --interval SECONDS (sample twice: rates), --netns NAME (repeatable: "host", a name
 in /run/netns or a path; default: this netns, every named netns and every pod netns of the CNI
 records), --cni-state-dir, --ipam-dir, --ipam-config, --source auto|kernel|agent.
+doctor also takes --pod NAMESPACE/NAME (its namespaces, like --netns) and --since DURATION (only
+drops the probe saw within it: 90, 90s, 5m, 2h). With --netns or --pod, findings about those
+namespaces rank first; the rest are listed after them, marked "elsewhere".
 
 With the agent (moord) running, per-flow drops, drop reasons, fragments and sessions come from its
 eBPF probe; without it netdiag reads the kernel's counters and says what it cannot see.
@@ -29,7 +35,7 @@ from .evidence import Evidence, Source, gather
 from .kernel import DEFAULT_CNI_STATE_DIR, DEFAULT_IPAM_DIR, KernelSource, NotFound
 
 DEFAULT_AGENT_SOCKET = "/run/moor/moord.sock"  # moord's api.socket default
-COMMANDS = ("drops", "udp", "sessions", "bgp", "ipam", "pod", "doctor")
+COMMANDS = ("drops", "udp", "sessions", "bgp", "ipam", "pod", "doctor", "status")
 
 
 class UsageError(Exception):
@@ -53,6 +59,20 @@ def _nonneg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return v
+
+
+def _duration(text: str) -> float:
+    """90, 90s, 5m, 2h, 1d: seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    mult = units.get(t[-1:], None)
+    try:
+        v = float(t[:-1] if mult else t) * (mult or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90, 90s, 5m, 2h)") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
     return v
 
 
@@ -97,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
              "sessions": "VPC session pressure and long-lived sessions; conntrack",
              "bgp": "BGP peers and routes; moor's routes in the kernel",
              "ipam": "IP reservations", "pod": "everything about one pod",
-             "doctor": "ranked findings: cause, evidence, remedy"}
+             "doctor": "ranked findings: cause, evidence, remedy",
+             "status": "what netdiag can see: the agent, its probes and sessions, the IPAM store, versions"}
     for name in COMMANDS:
         p = sub.add_parser(name, help=helps[name], description=helps[name])
         _common(p, False)
@@ -105,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("pod", metavar="NAMESPACE/NAME")
         if name == "doctor":
             p.add_argument("--all", action="store_true", help="every finding (default: the top 10)")
+            p.add_argument("--pod", metavar="NAMESPACE/NAME", help="the pod's namespaces, as with --netns")
+        if name in ("doctor", "pod"):
+            p.add_argument("--since", type=_duration, metavar="DURATION",
+                           help="only drops the probe saw within DURATION (90, 90s, 5m, 2h)")
         if name == "udp":
             p.add_argument("--all", action="store_true", help="every UDP socket, connected ones without drops too")
     return ap
@@ -206,16 +231,33 @@ def make_source(a: argparse.Namespace) -> Source:
 
 def _evidence(src: Source, a: argparse.Namespace, previous: Optional[Evidence], interval: float) -> Evidence:
     scoped = bool(a.netns)
+    since = getattr(a, "since", None)
     if previous is None and interval > 0:
-        previous = gather(src, scoped=scoped)
+        previous = gather(src, scoped=scoped, since=since)
         time.sleep(interval)
-    return gather(src, previous, scoped=scoped)
+    return gather(src, previous, scoped=scoped, since=since)
+
+
+def _pod_netns(a: argparse.Namespace, key: str) -> list[str]:
+    """The netns paths of a pod's attachments on this node (NotFound when it has none here)."""
+    kernel = KernelSource(netns=None, cni_state_dir=a.cni_state_dir, ipam_dir=a.ipam_dir, ipam_config=a.ipam_config)
+    ns, _, name = key.partition("/")
+    view = kernel.pod(ns, name)
+    paths = sorted({att.netns for att in view.attachments if att.netns and os.path.exists(att.netns)})
+    if not paths:
+        raise NotFound(f"pod {key} has no network namespace on this node" +
+                       (f" ({'; '.join(view.notes)})" if view.notes else ""))
+    return paths
 
 
 def _render(a: argparse.Namespace, src: Source, previous: Optional[Evidence]) -> tuple[str, Optional[Evidence]]:
     """One frame of the command's output, and the evidence to compute the next frame's rates."""
     from . import render as r
     cmd = a.cmd
+    if cmd == "status":
+        from .status import status
+        doc = status(a, src)
+        return (r.to_json(doc) if a.json else r.status_text(doc)), None
     if cmd in ("bgp", "ipam", "pod"):
         if cmd == "bgp":
             view: Any = src.bgp()
@@ -227,8 +269,15 @@ def _render(a: argparse.Namespace, src: Source, previous: Optional[Evidence]) ->
                     else r.ipam_text(view, src.name)), None
         ns, _, name = a.pod.partition("/")
         view = src.pod(ns, name)
-        return (r.to_json({"command": "pod", "source": src.name, **r._jsonable(view)}) if a.json
-                else r.pod_text(view, src.name)), None
+        findings: list = []
+        if a.pod_netns:  # the doctor, scoped to the pod: what drops there and why
+            from .doctor import diagnose
+            ev = _evidence(src, a, None, a.interval or 0.0)
+            findings = [f for f in diagnose(ev) if not f.elsewhere and f.cause != "noise"]
+        if a.json:
+            return r.to_json({"command": "pod", "source": src.name, **r._jsonable(view),
+                              "findings": [r._jsonable(f) for f in findings]}), None
+        return r.pod_text(view, src.name, findings), None
     interval = a.interval if a.interval is not None else (1.0 if cmd == "doctor" and not a.watch else 0.0)
     ev = _evidence(src, a, previous, interval)
     if cmd == "drops":
@@ -246,10 +295,14 @@ def _render(a: argparse.Namespace, src: Source, previous: Optional[Evidence]) ->
 
 
 def _check(a: argparse.Namespace) -> None:
-    if a.cmd == "pod":
-        ns, sep, name = a.pod.partition("/")
+    a.pod_netns = []
+    pod = getattr(a, "pod", None)
+    if pod is not None:
+        ns, sep, name = pod.partition("/")
         if not sep or not ns or not name or "/" in name:
-            raise UsageError(f"pod {a.pod!r} must be NAMESPACE/NAME")
+            raise UsageError(f"pod {pod!r} must be NAMESPACE/NAME")
+        if a.netns and a.cmd == "doctor":
+            raise UsageError("--pod and --netns choose the namespaces two ways: give one of them")
     for d, flag in ((a.cni_state_dir, "--cni-state-dir"), (a.ipam_dir, "--ipam-dir")):
         if d and os.path.exists(d) and not os.path.isdir(d):
             raise UsageError(f"{flag} {d!r} is not a directory")
@@ -261,6 +314,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _check(a)
+        pod = getattr(a, "pod", None)
+        if pod is not None:
+            try:
+                a.pod_netns = _pod_netns(a, pod)
+            except NotFound:
+                if a.cmd == "doctor":
+                    raise
+            if a.pod_netns:
+                a.netns = a.pod_netns  # the doctor (and the pod's findings) read just these
         src = make_source(a)
         if not a.watch:
             text, _ = _render(a, src, None)

@@ -50,6 +50,8 @@ class FlowDrop:
     bytes: int = 0
     where: str = ""  # "pod a/web-0", "netns X": filled from the netns inode when known
     ifname: str = ""
+    first_seen: float = 0.0  # unix time of the first and the last drop (the probe's); 0: unknown
+    last_seen: float = 0.0
 
     @property
     def short_reason(self) -> str:
@@ -74,6 +76,8 @@ class SocketDrop:
     rx_queue: int = 0  # bytes queued when read
     rmem_default: Optional[int] = None  # the netns's net.core.rmem_default / rmem_max, when known
     rmem_max: Optional[int] = None
+    first_seen: float = 0.0  # unix time of the first and the last drop (the probe's); 0: unknown
+    last_seen: float = 0.0
 
     @property
     def local(self) -> str:
@@ -134,7 +138,9 @@ def flow_drop(stat: Any, names: Optional[dict] = None) -> FlowDrop:
                     dport=int(k.dport), fragment=bool(getattr(k, "fragment", False)),
                     frag_bytes=str(getattr(k, "frag_bytes", "") or "").lower().removeprefix("0x"),
                     packets=int(stat.packets), bytes=int(getattr(stat, "bytes", 0) or 0),
-                    where=f"pod {pod}" if pod else _name(names or {}, netns))
+                    where=f"pod {pod}" if pod else _name(names or {}, netns),
+                    first_seen=float(getattr(stat, "first_seen", 0) or 0),
+                    last_seen=float(getattr(stat, "last_seen", 0) or 0))
 
 
 def socket_drop(stat: Any, names: Optional[dict] = None) -> SocketDrop:
@@ -146,7 +152,9 @@ def socket_drop(stat: Any, names: Optional[dict] = None) -> SocketDrop:
     rcvbuf = getattr(stat, "rcvbuf", None)
     return SocketDrop(netns=netns, proto=int(getattr(stat, "proto", 17) or 17), laddr=str(stat.laddr),
                       lport=int(stat.lport), rcvbuf=int(rcvbuf) if rcvbuf else None, drops=int(stat.drops),
-                      where=f"pod {pod}" if pod else _name(names or {}, netns))
+                      where=f"pod {pod}" if pod else _name(names or {}, netns),
+                      first_seen=float(getattr(stat, "first_seen", 0) or 0),
+                      last_seen=float(getattr(stat, "last_seen", 0) or 0))
 
 
 def session(stat: Any, names: Optional[dict] = None) -> Session:
@@ -340,8 +348,9 @@ class Evidence:
     sessions: list[Session] = field(default_factory=list)
     pressure: Optional[SessionPressure] = None
     unavailable: list[str] = field(default_factory=list)
-    scoped: bool = False  # the user named the namespaces: their own findings rank first
+    scoped: bool = False  # the user named the namespaces (or a pod): their own findings rank first
     now: float = field(default_factory=time.time)
+    since: Optional[float] = None  # --since: only drops the probe saw within this many seconds count
     previous_flow_drops: Optional[list[FlowDrop]] = None
     previous_socket_drops: Optional[list[SocketDrop]] = None
 
@@ -355,18 +364,30 @@ class Evidence:
         """netns inode -> how to call it."""
         return {n.inode: n.label for n in (self.snapshot.netns if self.snapshot else []) if n.inode}
 
+    def scope_inodes(self) -> set[int]:
+        """The namespaces the user asked about (scoped: the snapshot holds just those)."""
+        return {n.inode for n in (self.snapshot.netns if self.snapshot else []) if n.inode} if self.scoped else set()
 
-def gather(source: Source, previous: Optional[Evidence] = None, scoped: bool = False) -> Evidence:
-    """Ask the source for everything; `previous` (an earlier gather) gives rates."""
+    def scope_labels(self) -> set[str]:
+        return {n.label for n in (self.snapshot.netns if self.snapshot else [])} if self.scoped else set()
+
+
+def gather(source: Source, previous: Optional[Evidence] = None, scoped: bool = False,
+           since: Optional[float] = None) -> Evidence:
+    """Ask the source for everything; `previous` (an earlier gather) gives rates; `since` keeps
+    only the per-flow and per-socket drops the probe last saw within that many seconds (drops
+    without a timestamp, and the kernel's cumulative counters, are kept: their rate over the sample
+    interval tells whether they are current)."""
     snap = source.counters()
-    ev = Evidence(snapshot=snap, scoped=scoped, unavailable=list(source.unavailable()))
+    ev = Evidence(snapshot=snap, scoped=scoped, unavailable=list(source.unavailable()), since=since)
     names = ev.names()
-    ev.flow_drops = [flow_drop(d, names) for d in source.drops()]
+    recent = (lambda d: not d.last_seen or d.last_seen >= ev.now - since) if since is not None else (lambda d: True)
+    ev.flow_drops = [d for d in (flow_drop(x, names) for x in source.drops()) if recent(d)]
     for d in ev.flow_drops:
         n = snap.find(d.netns)
         if n is not None and d.ifindex and not d.ifname:
             d.ifname = n.link_name(d.ifindex)
-    ev.socket_drops = [socket_drop(s, names) for s in source.rcvbuf()]
+    ev.socket_drops = [d for d in (socket_drop(x, names) for x in source.rcvbuf()) if recent(d)]
     _complete_sockets(ev.socket_drops, snap)
     ev.sessions = [session(s, names) for s in source.sessions()]
     ev.pressure = pressure(source.pressure(), names)

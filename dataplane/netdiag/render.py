@@ -387,7 +387,7 @@ def ipam_text(v: IpamView, source: str) -> str:
     return "\n".join(out)
 
 
-def pod_text(v: PodView, source: str) -> str:
+def pod_text(v: PodView, source: str, findings: Sequence[Finding] = ()) -> str:
     out = [header("pod " + v.pod, source)]
     out.append(section("IPAM"))
     out.append(table(["NETWORK", "IP", "STATE", "CONTAINER", "NODE", "SEQ"],
@@ -430,9 +430,15 @@ def pod_text(v: PodView, source: str) -> str:
             if qd:
                 out.append("  qdisc drops in the pod:")
                 out += [f"    {q.ifname} {q.kind} {q.handle}: {q.drops:,} dropped" for q in qd]
+    if findings:
+        out.append(section("What drops in the pod (netdiag doctor --pod)"))
+        for i, f in enumerate(findings, 1):
+            out.append(f"  #{i} [{f.cause_text}] {f.title}")
+            out += [f"     - {e}" for e in f.evidence[:3]]
+            out.append(f"     remedy: {f.remedy[0]}" if f.remedy else "")
     for n in v.notes:
         out.append(f"\nnote: {n}")
-    return "\n".join(out)
+    return "\n".join(x for x in out if x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,9 +452,16 @@ def doctor_text(findings: list[Finding], ev: Evidence, source: str, watch: Optio
     if not findings:
         names = ", ".join(n.label for n in ev.snapshot.netns) if ev.snapshot else "-"
         out.append(f"\nno drops found in what was read ({names})")
+    marked = False
     for i, f in enumerate(shown, 1):
+        if f.cause == "noise":  # known-benign background: one line, never a cause
+            out.append(f"\nbackground (benign, not a cause): {f.volume:,} packets; {f.evidence[0]}")
+            continue
+        if f.elsewhere and not marked:
+            marked = True
+            out.append("\n--- elsewhere on this node (not in the namespaces asked about) ---")
         rate = f", now {num(f.rate)}/s" if f.rate else (", not growing" if f.rate == 0 else "")
-        out.append(f"\n#{i} [{f.cause_text}] {f.title}")
+        out.append(f"\n#{i} [{f.cause_text}] {f.title}" + (" (elsewhere)" if f.elsewhere else ""))
         out.append(f"   severity {f.severity}/5, {f.volume:,} {f.unit}{rate}, score {f.score:g}")
         out.append("   evidence:")
         out += [f"     - {e}" for e in f.evidence]
@@ -461,8 +474,47 @@ def doctor_text(findings: list[Finding], ev: Evidence, source: str, watch: Optio
 
 
 def doctor_doc(findings: list[Finding], ev: Evidence, source: str) -> dict:
-    return {"command": "doctor", "source": source, "interval_s": ev.interval,
+    return {"command": "doctor", "source": source, "interval_s": ev.interval, "scoped": ev.scoped,
+            "since_s": ev.since,
             "namespaces": [{"name": n.name, "label": n.label, "inode": n.inode, "pod": n.pod, "errors": n.errors}
                            for n in (ev.snapshot.netns if ev.snapshot else [])],
             "findings": [dict(_jsonable(f), rank=i, cause_text=f.cause_text) for i, f in enumerate(findings, 1)],
             "unavailable": ev.unavailable}
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def status_text(doc: dict) -> str:
+    out = [f"netdiag status | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    out.append(section("Versions"))
+    out += [f"  {k}: {v}" for k, v in doc["versions"].items()]
+    a = doc["agent"]
+    out.append(section("Agent (moord)"))
+    if not a["reachable"]:
+        out.append(f"  not reachable: {a['error']}")
+    else:
+        out.append(f"  {a['socket']}: {'healthy' if a['ok'] else 'DEGRADED'}, up since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(a['started']))}"
+                   + (", restarted (graceful restart)" if a["restarted"] else "")
+                   + (f", version {a['version']}" if a.get("version") else ""))
+        out += [f"  [{'ok' if c['ok'] else '--'}] {c['name']}: {c['detail']}" for c in a["components"]]
+        if a["peers"]:
+            out.append("  BGP peers:")
+            out.append(table(["PEER", "ASN", "STATE", "SINCE", "RECEIVED", "STALE", "GR"],
+                             [[p["address"], p["asn"], p["state"],
+                               time.strftime("%H:%M:%S", time.localtime(p["since"])) if p["since"] else "-",
+                               p["received"], p["stale"], "yes" if p["graceful_restart"] else "no"]
+                              for p in a["peers"]], indent="    "))
+    i = doc["ipam"]
+    out.append(section("IPAM store"))
+    out.append(f"  {i['where'] or '-'}: " + (f"error: {i['error']}" if i["error"] else
+                                             f"{i['reservations']} reservations, {i['active']} active, "
+                                             f"{i['corrupt']} corrupt"))
+    out.append(section("What the doctor can see"))
+    out += [f"  - {x}" for x in doc["sees"]]
+    if doc["cannot"]:
+        out.append("  cannot see:")
+        out += [f"  - {x}" for x in doc["cannot"]]
+    return "\n".join(out)

@@ -112,6 +112,10 @@ def test_a_tiny_receive_buffer_overflows_with_socket_buffer_drops_and_owner(pair
 
 def test_qdisc_drops_limits_and_sndbuf_errors(pair):
     lab, tx, rx = pair
+    # only the test's UDP goes through this queue: a link that comes up sends ICMPv6 (MLD reports,
+    # router solicitations) for a second or so, and a queue drop of one of those is a qdisc drop
+    # without a UDP ENOBUFS (seen once on a fresh machine: 297 ENOBUFS vs 298 qdisc drops)
+    lab.run(tx, "sysctl", "-q", "-w", "net.ipv6.conf.ndtx0.disable_ipv6=1")
     # a shaper with a one-packet fifo behind it (a pfifo alone on a veth never drops: the veth
     # transmits synchronously and the empty fifo is bypassed)
     lab.run(tx, "tc", "qdisc", "replace", "dev", "ndtx0", "root", "handle", "1:", "tbf", "rate", "1mbit",
@@ -125,7 +129,8 @@ def test_qdisc_drops_limits_and_sndbuf_errors(pair):
     assert (root.kind, root.handle, root.limit, root.limit_unit) == ("tbf", "1:", 3000, "bytes")
     assert (child.kind, child.handle, child.limit, child.limit_unit) == ("pfifo", "10:", 1, "packets")
     assert root.drops > 0 and child.drops == root.drops and root.packets + root.drops >= 300
-    assert c.udp.sndbuf_errors == root.drops  # ENOBUFS from the full queue
+    # the kernel counts a UDP ENOBUFS for each of its datagrams the queue drops; nothing else used it
+    assert c.udp.sndbuf_errors == root.drops
     lk = next(lk for lk in c.links if lk.name == "ndtx0")
     assert lk.kind == "veth" and lk.tx_packets >= root.packets and lk.up
     rq = next(q for q in read(rx).qdiscs if q.ifname == "ndrx0" and q.root)

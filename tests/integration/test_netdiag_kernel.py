@@ -4,6 +4,7 @@ port, buffer or interface; `pod` joins a real CNI ADD's records with the kernel'
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dataplane.nslab import Lab
+from tests.busy import Busy
 from tests.helpers import REPO
 from tests.integration.conftest import MacvlanNet
 from tests.integration.test_counters import RX, TX, send, sink, until
@@ -37,13 +39,15 @@ def doctor(ns: str, *extra: str) -> list[dict]:
 
 @pytest.fixture
 def pair():
+    """tx -- rx, on a busy node (another namespace dropping all the time, links coming and going)."""
     lab = Lab()
     try:
         tx, rx = lab.ns("tx"), lab.ns("rx")
         lab.veth(tx, "ndtx0", rx, "ndrx0")
         lab.addr(tx, "ndtx0", f"{TX}/24")
         lab.addr(rx, "ndrx0", f"{RX}/24")
-        yield lab, tx, rx
+        with Busy(lab):
+            yield lab, tx, rx
     finally:
         procs = list(lab.procs)
         lab.close()
@@ -161,3 +165,59 @@ def test_pod_view_of_a_routed_pod(net: MacvlanNet):
     drops = json.loads(netdiag("drops", "--json", "--netns", "host", "--netns", net.pods["pod1"], *dirs,
                                ns=net.node).stdout)
     assert [n["label"] for n in drops["netns"]] == ["host netns", "pod r/a-0"]
+
+
+def test_doctor_and_pod_scope_to_one_pod_on_a_busy_node(net: MacvlanNet):
+    """`doctor --pod NS/NAME` reads that pod's namespace and ranks its findings first; `netdiag pod`
+    shows what drops in the pod. The node is busy meanwhile (another namespace dropping, links
+    coming and going)."""
+    net.lab.run(net.node, "sysctl", "-q", "-w", "net.ipv4.conf.up0.forwarding=1")
+    conf = {"cniVersion": "1.0.0", "name": "rnet", "type": "moor", "mode": "bgp", "stateDir": str(net.tmp / "state"),
+            "ipam": {"type": "moor-ipam", "dataDir": str(net.tmp / "ipam"), "pools": [{"cidr": "203.0.113.0/24"}]}}
+    res = net.add("pod1", conf, args="IgnoreUnknown=1;K8S_POD_NAMESPACE=r;K8S_POD_NAME=a-0;K8S_POD_UID=u1")
+    ip = res["ips"][0]["address"].split("/")[0]
+    pod_ns = net.pods["pod1"]
+    dirs = ["--cni-state-dir", str(net.tmp / "state"), "--ipam-dir", str(net.tmp / "ipam"), "--source", "kernel"]
+    with Busy(net.lab):
+        sink(net.lab, pod_ns, ip, 5001)
+        send(net.lab, pod_ns, ip, 5001, 1000)  # the pod floods its own tiny-buffered receiver
+        doc = json.loads(netdiag("doctor", "--pod", "r/a-0", "--json", "--interval", "0", *dirs, ns=net.node).stdout)
+        f = doc["findings"][0]
+        assert doc["scoped"] and f["cause"] == "rcvbuf" and f["where"] == "pod r/a-0" and not f["elsewhere"]
+        assert [n["label"] for n in doc["namespaces"]] == ["pod r/a-0"]
+        view = json.loads(netdiag("pod", "r/a-0", "--json", *dirs, ns=net.node).stdout)
+        assert view["findings"][0]["cause"] == "rcvbuf"
+        text = netdiag("pod", "r/a-0", *dirs, ns=net.node).stdout
+        assert "What drops in the pod" in text and f"receive buffer too small: {ip}:5001" in text
+        p = netdiag("doctor", "--pod", "r/nope", *dirs, ns=net.node, check=False)
+        assert p.returncode == 2 and "pod r/nope not found" in p.stderr
+        p = netdiag("doctor", "--pod", "r/a-0", "--netns", "host", *dirs, ns=net.node, check=False)
+        assert p.returncode == 2 and "give one of them" in p.stderr
+
+
+def test_unscoped_the_cause_still_outranks_the_busy_background(pair):
+    """Without --netns the doctor reads every namespace, the busy background's included: a
+    receive buffer overflow (severity 4) still ranks above the background's no-listener drops."""
+    lab, tx, rx = pair
+    sink(lab, rx, RX, 5001)
+    send(lab, tx, RX, 5001, 2000)
+    doc = json.loads(netdiag("doctor", "--json", "--source", "kernel").stdout)
+    causes = [f["cause"] for f in doc["findings"]]
+    assert causes[0] == "rcvbuf", causes
+    assert any(f["cause"] == "no-listener" and "bgnoise" in f["where"] for f in doc["findings"]), causes
+
+
+def test_a_namespace_path_that_is_no_network_namespace_is_refused(pair, tmp_path: Path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad, why in (("/proc/self/ns/mnt", "not a network namespace"), (str(fifo), "not a network namespace")):
+        p = netdiag("drops", "--netns", bad, "--source", "kernel", check=False)
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr
+
+
+def test_status_says_what_the_doctor_can_see_without_the_agent(tmp_path: Path):
+    doc = json.loads(netdiag("status", "--json", "--agent-socket", str(tmp_path / "none.sock"),
+                             "--ipam-dir", str(tmp_path)).stdout)
+    assert not doc["agent"]["reachable"] and "none.sock does not exist" in doc["agent"]["error"]
+    assert doc["versions"]["kernel"] == os.uname().release
+    assert any("per-flow drops" in c for c in doc["cannot"]) and doc["ipam"]["error"]

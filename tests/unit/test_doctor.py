@@ -3,6 +3,7 @@ the numbers in the evidence and a concrete remedy; adapters from the probe's typ
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -271,17 +272,22 @@ def test_nothing_wrong_is_no_finding():
 # -- ranking ---------------------------------------------------------------------------------------
 
 
-def test_severity_times_volume_and_ongoing_before_history():
+def test_severity_dominates_then_volume_and_ongoing_before_history():
     # many NoPorts (severity 2) do not outrank a moderate receive-buffer overflow (severity 4)
     f = first(Evidence(snapshot=snap(ns("a", 1, udp={"no_ports": 100_000}), ns("b", 2, udp={"rcvbuf_errors": 500})),
                        now=NOW))
     assert f.cause == "rcvbuf"
-    # the same counts, but only the no-listener drops still grow: growth ranks it up
+    # not even when only the no-listener drops still grow and the overflow is seconds-old history: a
+    # cause that breaks a service outranks background noise whatever its rate
     s0 = snap(ns("a", 1, udp={"no_ports": 50_000}), ns("b", 2, udp={"rcvbuf_errors": 500}), taken=100.0)
     s1 = snap(ns("a", 1, udp={"no_ports": 1_000_000}), ns("b", 2, udp={"rcvbuf_errors": 500}), taken=101.0)
     findings = diagnose(Evidence(snapshot=s1, previous=s0, now=NOW))
-    assert [f.cause for f in findings] == ["no-listener", "rcvbuf"]
-    assert findings[0].rate == 950_000 and findings[1].rate == 0
+    assert [f.cause for f in findings] == ["rcvbuf", "no-listener"]
+    assert findings[0].rate == 0 and findings[1].rate == 950_000
+    # within one severity, what still happens ranks before history of the same size
+    s0 = snap(ns("a", 1, udp={"rcvbuf_errors": 500}), ns("b", 2, udp={"rcvbuf_errors": 500}), taken=100.0)
+    s1 = snap(ns("a", 1, udp={"rcvbuf_errors": 500}), ns("b", 2, udp={"rcvbuf_errors": 900}), taken=101.0)
+    assert [f.where for f in diagnose(Evidence(snapshot=s1, previous=s0, now=NOW))] == ["netns b", "netns a"]
 
 
 def test_named_namespaces_rank_before_host_wide_counters():
@@ -290,6 +296,77 @@ def test_named_namespaces_rank_before_host_wide_counters():
     assert first(ev).scope == "host"
     ev.scoped = True
     assert first(ev).cause == "no-listener"
+
+
+def _flow(reason: str, netns: int, saddr: str, daddr: str, dport: int, packets: int, proto: int = 17,
+          last: float = NOW - 1, **kw) -> FlowDrop:
+    return FlowDrop(reason=f"SKB_DROP_REASON_{reason}", netns=netns, ifindex=2, proto=proto, saddr=saddr,
+                    daddr=daddr, sport=40000 if proto == 17 else 0, dport=dport, packets=packets,
+                    first_seen=last - 30, last_seen=last, **kw)
+
+
+def _busy() -> list[FlowDrop]:
+    """What a busy node drops all the time: another namespace's closed port at 200/s, and the
+    ICMPv6 of links and namespaces coming and going, in the host and elsewhere."""
+    return [_flow("NO_SOCKET", 900, "198.51.100.7", "198.51.100.9", 9999, 60_000),
+            _flow("NOT_SPECIFIED", 4026531840, "fe80::1", "ff02::16", 0, 3_000, proto=58),
+            _flow("NOT_SPECIFIED", 4026531840, "::", "ff02::1:ff00:1", 0, 400, proto=58),
+            _flow("IPV6DISABLED", 900, "fe80::2", "ff02::2", 0, 80, proto=58)]
+
+
+def test_asked_about_one_namespace_its_cause_comes_first_on_a_busy_node():
+    """The review's case: asked about GW (through the agent), another namespace dropping ~200/s at a
+    closed port and the host's ICMPv6 background outranked a fragment pattern and a receive-buffer
+    overflow of GW itself, a few seconds old."""
+    gw = ns("gw", 1)
+    old = NOW - 8  # the cause stopped 8 s ago; the background goes on
+    frags = [_flow("NETFILTER_DROP", 1, f"198.51.100.{i}", "203.0.113.5", 0, 40, last=old, fragment=True,
+                   frag_bytes="0daf") for i in (2, 3, 4)]
+    rcv = _flow("SOCKET_RCVBUFF", 1, "198.51.100.2", "198.51.100.1", 5001, 900, last=old)
+    ev = Evidence(snapshot=snap(gw, noise(), taken=101.0), previous=snap(gw, noise(), taken=100.0),
+                  previous_flow_drops=_busy() + frags + [rcv], now=NOW, scoped=True)
+    busy = _busy()
+    for d in busy:
+        d.packets += 200  # still dropping
+    ev.flow_drops = busy + frags + [rcv]
+    ev.snapshot.netns = [gw]  # scoped: the counters of the named namespace only
+    findings = diagnose(ev)
+    assert [f.cause for f in findings[:2]] == ["fragment-pattern", "rcvbuf"]
+    assert not findings[0].elsewhere and findings[0].netns == 1 and "last drop 8 s ago" in " ".join(findings[0].evidence)
+    elsewhere = [f for f in findings if f.elsewhere]
+    assert [f.cause for f in elsewhere] == ["no-listener"] and elsewhere[0].rate == 200
+    assert findings[-1].cause == "noise" and findings[-1].volume == 3_480 + 3 * 200
+    # unscoped, severity still dominates: the busy background never outranks the causes
+    ev.scoped = False
+    assert [f.cause for f in diagnose(ev)[:2]] == ["fragment-pattern", "rcvbuf"]
+
+
+def test_since_keeps_only_drops_the_probe_saw_in_the_window():
+    from dataplane.netdiag.evidence import gather
+
+    class Src:
+        name = "test"
+
+        def counters(self):
+            return snap(ns("a", 1))
+
+        def drops(self):
+            return [_flow("SOCKET_RCVBUFF", 1, "198.51.100.2", "198.51.100.1", 5001, 900, last=time.time() - 300),
+                    _flow("NO_SOCKET", 1, "198.51.100.2", "198.51.100.1", 53, 9, last=time.time() - 5)]
+
+        def rcvbuf(self):
+            return []
+
+        def sessions(self):
+            return []
+
+        def pressure(self):
+            return None
+
+        def unavailable(self):
+            return []
+    assert [f.cause for f in diagnose(gather(Src()))] == ["rcvbuf", "no-listener"]
+    assert [f.cause for f in diagnose(gather(Src(), since=60))] == ["no-listener"]
 
 
 # -- adapters from the probe's types ---------------------------------------------------------------
