@@ -406,8 +406,12 @@ class Session:
         keepalive = asyncio.ensure_future(self._keepalives())
         sender = asyncio.ensure_future(self._sender())
         try:
+            handled = 0
             while True:
                 self._handle(*await self._next(reader, self.hold))
+                handled += 1
+                if handled % 8 == 0:  # one 64 KB read holds dozens of UPDATEs: let keepalives and the
+                    await asyncio.sleep(0)  # other sessions run between them
         finally:
             keepalive.cancel()
             sender.cancel()

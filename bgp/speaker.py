@@ -22,6 +22,7 @@ from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
 from .wire import AFI_IPV4, AFI_IPV6, UNICAST
 
 log = logging.getLogger("moor.bgp")
+_NETWORKS = (ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 class Speaker:
@@ -160,13 +161,13 @@ class Speaker:
             writer.close()
 
     def announce(self, prefix, next_hop: str | None = None) -> None:
-        p = ipaddress.ip_network(prefix)
+        p = prefix if isinstance(prefix, _NETWORKS) else ipaddress.ip_network(prefix)  # a burst is 100k calls
         self.rib_out[p] = next_hop
         for s in self.sessions.values():
             s.changed(p, True)
 
     def withdraw(self, prefix) -> None:
-        p = ipaddress.ip_network(prefix)
+        p = prefix if isinstance(prefix, _NETWORKS) else ipaddress.ip_network(prefix)
         if self.rib_out.pop(p, "absent") != "absent":
             for s in self.sessions.values():
                 s.changed(p, False)

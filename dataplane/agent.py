@@ -504,11 +504,13 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 speaker.announce(route.dst)
             else:
                 speaker.withdraw(route.dst)
-            log.info("%s %s", "advertise" if present else "withdraw", route.dst)
+            log.debug("%s %s", "advertise" if present else "withdraw", route.dst)  # a burst is 100k lines
 
         for block in conf.advertise_blocks:
             speaker.announce(block)
-        watch = RouteWatch(changed)
+        # a re-read after lost events reconciles the adj-RIB-out too (announce what is missing)
+        watch = RouteWatch(changed, rib_out=speaker.rib_out)
+        view.watch = watch
         if conf.advertise_pod_routes:
             try:
                 present = watch.start(loop)  # the table first: the agent can restart at any time

@@ -26,14 +26,30 @@ class Sample:
     peers: list
     advertised: int
     learned: list
+    table: dict  # the route watch's and the Fib's counters
     ipam: tuple
     drops: tuple
     pods: tuple
     sessions: tuple
 
 
+def table_counters(v: AgentView) -> dict:
+    """How the agent's two views of the kernel table fare under bursts (read on the loop)."""
+    out = {}
+    if v.watch is not None:
+        out["moor_routewatch_losses_total"] = ("netlink events lost (ENOBUFS): each one makes the agent re-read "
+                                               "the table", v.watch.overflows)
+        out["moor_routewatch_rereads_total"] = ("re-reads of the kernel table reconciled with the adj-RIB-out",
+                                                v.watch.resyncs)
+    if v.fib is not None:
+        out["moor_fib_refused_total"] = ("learned routes the kernel refused", v.fib.failed)
+        out["moor_fib_removed_on_refusal_total"] = ("old kernel routes removed because their replacement was "
+                                                    "refused", v.fib.removed_on_refusal)
+    return out
+
+
 async def sample(v: AgentView) -> Sample:
-    on_loop = (v.health(), v.peers(), len(v.advertised()), v.learned())
+    on_loop = (v.health(), v.peers(), len(v.advertised()), v.learned(), table_counters(v))
     ipam = await asyncio.to_thread(v.ipam)
     return Sample(*on_loop, ipam=ipam, drops=await asyncio.to_thread(v.drop_snapshot),
                   pods=await asyncio.to_thread(v.pods, ipam[0]), sessions=await asyncio.to_thread(v.session_snapshot))
@@ -70,6 +86,8 @@ class Collector:
         yield GaugeMetricFamily("moor_bgp_routes_learned", "best learned routes", value=len(learned))
         yield GaugeMetricFamily("moor_bgp_routes_installed", "learned routes in the kernel",
                                 value=sum(1 for *_x, i in learned if i))
+        for name, (text, value) in v.table.items():
+            yield CounterMetricFamily(name.removesuffix("_total"), text, value=value)
 
         _rows, pools, err = v.ipam
         if not err:

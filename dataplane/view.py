@@ -51,6 +51,7 @@ class PodRef:
 class AgentView:
     speaker: object = None
     fib: object = None
+    watch: object = None  # dataplane.routewatch.RouteWatch: its loss and re-read counters
     restarted: bool = False
     forwarding: bool = False
     started: float = field(default_factory=time.time)

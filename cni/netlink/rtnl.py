@@ -300,6 +300,51 @@ class RTNL:
             raise
         return True
 
+    # -- many requests at once (the agent's learned routes) -----------------------------------
+    def route_replace_request(self, dst: IPNet, gateways: list, proto: int, priority: int = 0,
+                              table: int = w.RT_TABLE_MAIN) -> tuple[int, int, bytes]:
+        """The request route_replace (one gateway) or route_replace_multipath (several) sends,
+        for batch()."""
+        if len(gateways) == 1:
+            body = self._route_body(dst, 0, gateways[0], proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
+        else:
+            body = self._route_body(dst, 0, None, proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
+            hops = b""
+            for gw in gateways:
+                a = w.attr(w.RTA_GATEWAY, gw.packed)
+                hops += w.RTNEXTHOP.pack(w.RTNEXTHOP.size + len(a), 0, 0, 0) + a
+            body += w.attr(w.RTA_MULTIPATH, hops)
+        return w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body
+
+    def route_del_request(self, dst: IPNet, proto: int = 0, priority: int = 0,
+                          table: int = w.RT_TABLE_MAIN) -> tuple[int, int, bytes]:
+        """The request route_del sends, for batch()."""
+        return w.RTM_DELROUTE, 0, self._route_body(dst, 0, None, proto, w.RT_SCOPE_NOWHERE, False, table, priority)
+
+    def batch(self, requests: list) -> list[int]:
+        """Send requests [(type, flags, body)] in one datagram; the kernel runs them in order.
+        Returns each one's errno (0: done). Only failures are answered, and the last request, so
+        the replies stay few and fit the receive buffer; keep batches to a few hundred requests.
+        An OSError (ENOBUFS: replies were lost) leaves the outcome of the batch unknown."""
+        if not requests:
+            return []
+        base = self._seq + 1
+        out = bytearray()
+        last = len(requests) - 1
+        for i, (mtype, flags, body) in enumerate(requests):
+            self._seq += 1
+            out += w.pack_msg(mtype, flags | w.NLM_F_REQUEST | (w.NLM_F_ACK if i == last else 0), self._seq, body)
+        self.sock.send(bytes(out))
+        codes = [0] * len(requests)
+        while True:
+            for msg in w.split_msgs(self.sock.recv(1 << 20)):
+                i = msg.seq - base
+                if msg.type != w.NLMSG_ERROR or not 0 <= i <= last:
+                    continue
+                codes[i] = -struct.unpack_from("=i", msg.body)[0]
+                if i == last:
+                    return codes
+
     def routes(self, version: int, table: int = w.RT_TABLE_MAIN) -> list[Route]:
         body = w.RTMSG.pack(_family(version), 0, 0, 0, 0, 0, 0, 0, 0)
         out = []
