@@ -96,6 +96,11 @@ def main(argv: list[str]) -> int:
         if a.cmd == "list":
             _list(conf, a.json)
             return 0
+        if a.cmd == "release" and not a.force:  # bad arguments before the store is touched
+            try:
+                ipaddress.ip_address(a.ip)
+            except ValueError:
+                raise Failed(f"{a.ip!r} is not an IP address") from None
         store = open_store(conf)
         try:
             if a.cmd == "release":

@@ -45,3 +45,27 @@ def test_list_release_and_reconcile(tmp_path: Path):
     assert "released 192.0.2.1" in second.stdout
     bad = _moor_ipam("list", str(tmp_path / "missing.conf"))
     assert bad.returncode != 0 and "cannot read" in bad.stderr
+
+
+def test_bad_configs_and_unreadable_stores_are_one_line_and_exit_2(tmp_path: Path):
+    good = {"cniVersion": "1.1.0", "name": "ops", "type": "macvlan",
+            "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path / "data"), "pools": [{"cidr": "192.0.2.0/28"}]}}
+    cases = {"not-json.conf": "{", "list.conf": "[1]", "no-ipam.conflist": json.dumps({"name": "x", "plugins": [{}]}),
+             "bad-pool.conf": json.dumps(dict(good, ipam=dict(good["ipam"], pools=[{"cidr": "::/0"}]))),
+             "deep.conf": "[" * 100000}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        for args in (("list",), ("release", "192.0.2.1"), ("reconcile",)):
+            p = _moor_ipam(args[0], str(tmp_path / name), *args[1:])
+            assert p.returncode == 2 and "Traceback" not in p.stderr, (name, args, p.stderr)
+            assert p.stderr.startswith("moor-ipam: ") and p.stderr.count("\n") == 1, (name, p.stderr)
+    (tmp_path / "good.conf").write_text(json.dumps(good))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ipam.sqlite3").write_bytes(b"this is not a database" * 100)
+    for args in (("list",), ("release", "192.0.2.1", "--force"), ("reconcile",)):
+        p = _moor_ipam(args[0], str(tmp_path / "good.conf"), *args[1:])
+        assert p.returncode == 2 and "Traceback" not in p.stderr and "ipam.sqlite3" in p.stderr, (args, p.stderr)
+    p = _moor_ipam("release", str(tmp_path / "good.conf"), "not-an-ip")
+    assert p.returncode == 2 and "'not-an-ip' is not an IP address" in p.stderr
+    p = _moor_ipam("frobnicate")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
