@@ -16,6 +16,24 @@ PKGS=(
     iproute2 iputils-ping tcpdump procps iperf3 nftables conntrack
     containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd frr
 )
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# The VM back end (lab/vm.py, tests/vm): QEMU and its virtiofsd boot Debian's cloud kernel, which has
+# the 8021q this machine's kernel lacks; vagrant and its libvirt provider validate vagrant/Vagrantfile.
+# MOOR_SETUP_VM=0 leaves them out (vagrant/provision.sh: that VM's kernel has 8021q itself).
+if [ "${MOOR_SETUP_VM:-1}" != 0 ]; then
+    PKGS+=(qemu-system-x86 vagrant vagrant-libvirt)
+    if [ -e /etc/kernel/postinst.d/zz-update-grub ]; then
+        # a machine that boots with GRUB would get the cloud kernel in its boot menu
+        installed linux-image-cloud-amd64 ||
+            echo "setup: GRUB boots this machine: not installing linux-image-cloud-amd64 (tests/vm will skip)" >&2
+    else
+        PKGS+=(linux-image-cloud-amd64)
+        # a kernel package needs an initramfs generator: where none is installed (a container, CI's
+        # VM) the tiny one, not initramfs-tools (udev, a systemd upgrade); never beside
+        # initramfs-tools or dracut, which it conflicts with
+        installed initramfs-tools || installed dracut || PKGS+=(tiny-initramfs)
+    fi
+fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
