@@ -188,6 +188,7 @@ class NetnsCounters:
     conntrack: Optional[Conntrack] = None
     sysctls: NetSysctls = field(default_factory=NetSysctls)
     socket_source: str = ""  # "sock_diag" or "/proc/net/udp" (no buffer sizes)
+    cookie: int = 0  # the netns cookie (SO_NETNS_COOKIE): what the session probe keys sessions by
     errors: list[str] = field(default_factory=list)  # what could not be read here, and why
 
     @property
@@ -580,8 +581,20 @@ def in_netns(path: Optional[str], fn: Callable[[], T]) -> T:
     return box["value"]
 
 
+SO_NETNS_COOKIE = 71  # Linux 5.14
+
+
+def _cookie_here() -> int:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return 0  # an older kernel: sessions are then matched to namespaces by the pod's name only
+
+
 def _collect_here(c: NetnsCounters) -> NetnsCounters:
     """Everything per-netns, read in the calling thread's current netns."""
+    c.cookie = _cookie_here()
     snmp, snmp6 = _read(f"{PROC_NET}/snmp"), _read(f"{PROC_NET}/snmp6")
     if snmp is None:
         c.errors.append("cannot read /proc/net/snmp")

@@ -55,13 +55,13 @@ def diagnose(ev: Evidence) -> list[Finding]:
     def group(f: Finding) -> int:
         if not ev.scoped or (f.netns and f.netns in inodes) or f.where in labels:
             return 0
-        if f.scope == "host" or (not f.netns and f.where in ("host", "node")):
-            return 1  # host-wide: it may be what hits the named namespaces too
-        return 2
+        if f.scope == "host":
+            return 1  # host-wide (the CPU backlog, the node's session table): it may hit them too
+        return 2  # another namespace, or one the probe could not name
     groups = {}
     for f in ctx.out:
         f.score = score(f, ev)
         groups[id(f)] = group(f)
-        f.elsewhere = groups[id(f)] == 2
+        f.elsewhere = groups[id(f)] == 2 and f.cause != "noise"  # the background is its own line
     ctx.out.sort(key=lambda f: (f.cause == "noise", groups[id(f)], -f.severity, -f.score, -f.volume, f.title))
     return ctx.out

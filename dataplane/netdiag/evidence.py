@@ -97,6 +97,7 @@ class Session:
     last_seen: float  # the last packet either way (the probe counts a request and its reply as one)
     where: str = ""
     last_rx: Optional[float] = None  # the last packet received on it, when the source tells directions
+    inode: int = 0  # the netns inode, when its cookie matched a namespace netdiag read
 
     @property
     def tuple5(self) -> tuple:
@@ -368,6 +369,10 @@ class Evidence:
         """The namespaces the user asked about (scoped: the snapshot holds just those)."""
         return {n.inode for n in (self.snapshot.netns if self.snapshot else []) if n.inode} if self.scoped else set()
 
+    def by_cookie(self) -> dict[int, NetnsCounters]:
+        """netns cookie (the session probe's key) -> the namespace netdiag read, where it knows it."""
+        return {n.cookie: n for n in (self.snapshot.netns if self.snapshot else []) if n.cookie}
+
     def scope_labels(self) -> set[str]:
         return {n.label for n in (self.snapshot.netns if self.snapshot else [])} if self.scoped else set()
 
@@ -391,11 +396,24 @@ def gather(source: Source, previous: Optional[Evidence] = None, scoped: bool = F
     _complete_sockets(ev.socket_drops, snap)
     ev.sessions = [session(s, names) for s in source.sessions()]
     ev.pressure = pressure(source.pressure(), names)
+    _name_sessions(ev)
     if previous is not None:
         ev.previous = previous.snapshot
         ev.previous_flow_drops = previous.flow_drops
         ev.previous_socket_drops = previous.socket_drops
     return ev
+
+
+def _name_sessions(ev: Evidence) -> None:
+    """Sessions are keyed by netns cookie: name them after the namespace netdiag read there."""
+    cookies = ev.by_cookie()
+    lists = [ev.sessions] + ([ev.pressure.long_lived] if ev.pressure else [])
+    for s in (x for lst in lists for x in lst):
+        n = cookies.get(s.netns)
+        if n is not None:
+            s.inode = n.inode
+            if not s.where or s.where.startswith("netns "):
+                s.where = n.label
 
 
 def _complete_sockets(drops: list[SocketDrop], snap: Snapshot) -> None:

@@ -204,7 +204,7 @@ def test_unscoped_the_cause_still_outranks_the_busy_background(pair):
     doc = json.loads(netdiag("doctor", "--json", "--source", "kernel").stdout)
     causes = [f["cause"] for f in doc["findings"]]
     assert causes[0] == "rcvbuf", causes
-    assert any(f["cause"] == "no-listener" and "bgnoise" in f["where"] for f in doc["findings"]), causes
+    assert any(f["cause"] == "no-listener" and "bg-rx" in f["where"] for f in doc["findings"]), causes
 
 
 def test_a_namespace_path_that_is_no_network_namespace_is_refused(pair, tmp_path: Path):

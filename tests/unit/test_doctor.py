@@ -163,8 +163,9 @@ def test_fragments_with_one_byte_pattern_across_flows_point_at_a_middlebox():
     f = first(ev)
     assert f.cause == "fragment-pattern" and f.volume == 260
     assert "0x0DAF" in f.title and any("(3503)" in e and "3 flows" in e for e in f.evidence)
-    assert f.remedy[0].startswith("the fragments with bytes 0x0DAF after the IP header are dropped at "
-                                  "FRAG_REASM_TIMEOUT on eth0 in netns rx: avoid fragmentation")
+    assert f.remedy[0].startswith("the fragments with bytes 0x0DAF after the IP header are dropped in netns rx: "
+                                  "avoid fragmentation")
+    assert any("dropped at: FRAG_REASM_TIMEOUT on eth0 in netns rx" in e for e in f.evidence)
 
 
 def test_a_pattern_in_one_flow_only_is_not_a_middlebox():
@@ -446,3 +447,85 @@ def test_gather_asks_the_source_and_adapts():
     assert ev.unavailable == ["nothing"] and ev.previous is None
     ev2 = gather(Fake(), ev)
     assert ev2.previous is ev.snapshot and ev2.previous_flow_drops == ev.flow_drops
+
+
+# -- what the lab found on a busy node ---------------------------------------------------------------
+
+
+def test_a_pattern_in_the_third_fragment_is_found_and_its_expired_victims_are_its_evidence():
+    """The gateway drops 84 third fragments carrying 0x1234; at the server the datagrams' other
+    fragments expire (FRAG_REASM_TIMEOUT: first fragments carry the port, second ones zeros). The
+    expired ones are the pattern's victims, not a competing pattern nor a finding of their own."""
+    gw, srv = ns("fg-gw", 1), ns("fg-server", 2, ip={"reasm_fails": 33})
+    lost = [FlowDrop(reason="SKB_DROP_REASON_NETFILTER_DROP", netns=1, ifindex=3, proto=17, saddr=f"192.0.2.{i}",
+                     daddr="198.51.100.130", sport=0, dport=0, fragment=True, frag_bytes="1234", packets=28)
+            for i in (2, 3, 4)]
+    victims = [FlowDrop(reason="SKB_DROP_REASON_FRAG_REASM_TIMEOUT", netns=2, ifindex=2, proto=17,
+                        saddr=f"192.0.2.{i}", daddr="198.51.100.130", sport=40000 + i, dport=5001, fragment=True,
+                        frag_bytes="1389", packets=11) for i in (2, 3, 4)]
+    victims += [FlowDrop(reason="SKB_DROP_REASON_FRAG_REASM_TIMEOUT", netns=0, ifindex=0, proto=17,
+                         saddr=f"192.0.2.{i}", daddr="198.51.100.130", sport=0, dport=0, fragment=True,
+                         frag_bytes="0000", packets=11) for i in (2, 3, 4)]
+    ev = Evidence(snapshot=snap(gw, srv), flow_drops=lost + victims, now=NOW, scoped=True)
+    findings = diagnose(ev)
+    f = findings[0]
+    assert f.cause == "fragment-pattern" and "0x1234" in f.title and f.where == "netns fg-gw" and f.volume == 84
+    assert any("66 other fragments of these datagrams expired at the receiver" in e for e in f.evidence)
+    assert any("ReasmFails 33 in netns fg-server" in e for e in f.evidence)
+    assert [x.title for x in findings if "fragment" in x.title.lower() and x is not f] == []
+
+
+def test_a_long_lived_session_to_a_closed_port_is_no_listener_not_stale():
+    s = _long_lived()
+    closed = FlowDrop(reason="SKB_DROP_REASON_NO_SOCKET", netns=3, ifindex=2, proto=17, saddr=s.saddr,
+                      daddr=s.daddr, sport=s.sport, dport=s.dport, packets=8200)
+    p = SessionPressure(active=1, limit=0, long_lived=[s], aging_s=30)
+    findings = diagnose(Evidence(snapshot=snap(ns("a", 3)), flow_drops=[closed], sessions=[s], pressure=p, now=NOW))
+    assert findings[0].cause == "no-listener" and not any(f.cause == "stale-session" and f.severity == 5
+                                                          for f in findings)
+
+
+def test_the_session_table_is_about_the_namespaces_whose_sessions_fill_it():
+    """Asked about the client and its gateway: the VPC table over its limit (severity 5, node-wide)
+    is about the client, whose sessions fill it, and outranks the gateway's in-scope drops (3)."""
+    client, gw = ns("sl-client", 1, cookie=4711), ns("sl-gw", 2, cookie=4712)
+    drops = [FlowDrop(reason="SKB_DROP_REASON_NETFILTER_DROP", netns=2, ifindex=2, proto=17, saddr="192.0.2.2",
+                      daddr=f"198.51.100.{i}", sport=40000 + i, dport=6000, packets=3) for i in range(100, 280)]
+    p = SessionPressure(active=303, limit=100, by_netns={4711: 300, 99: 3}, aging_s=30)
+    findings = diagnose(Evidence(snapshot=snap(client, gw), flow_drops=drops, pressure=p, now=NOW, scoped=True))
+    f = findings[0]
+    assert f.cause == "session-limit" and f.netns == 1 and not f.elsewhere
+    assert any("most sessions: netns sl-client (300)" in e for e in f.evidence)
+
+
+def test_sessions_are_named_after_the_namespace_of_their_cookie():
+    from dataplane.netdiag.evidence import gather
+
+    class Src:
+        name = "test"
+
+        def counters(self):
+            return snap(ns("voip", 5, cookie=81))
+
+        def drops(self):
+            return []
+
+        def rcvbuf(self):
+            return []
+
+        def sessions(self):
+            return [_long_lived_at(81)]
+
+        def pressure(self):
+            return SessionPressure(active=1, limit=0, long_lived=[_long_lived_at(81)], aging_s=30)
+
+        def unavailable(self):
+            return []
+    ev = gather(Src(), scoped=True)
+    assert ev.sessions[0].where == "netns voip" and ev.sessions[0].inode == 5
+    assert ev.pressure.long_lived[0].inode == 5
+
+
+def _long_lived_at(cookie: int) -> Session:
+    return Session(netns=cookie, proto=17, saddr="203.0.113.5", sport=5060, daddr="198.51.100.20", dport=5060,
+                   first_seen=NOW - 7200, last_seen=NOW - 1)

@@ -7,7 +7,9 @@ from __future__ import annotations
 from . import fragment, generic, host_queue, no_listener, noise, rcvbuf, session_limit, stale_session
 from .context import Context, Finding
 
-REGISTRY = (noise, fragment, stale_session, session_limit, rcvbuf, host_queue, no_listener, generic)
+# a long-lived session whose packets a closed port, a full buffer or queue drops is that cause, not a
+# stale path: stale_session runs after them and sees only the drops they left
+REGISTRY = (noise, fragment, rcvbuf, host_queue, no_listener, stale_session, session_limit, generic)
 # cause key -> what it means, in the order the help text lists them
 CAUSES = {m.KEY: m.TEXT for m in (rcvbuf, host_queue, session_limit, fragment, stale_session, no_listener,
                                    generic, noise)}

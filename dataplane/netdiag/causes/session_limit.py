@@ -18,10 +18,16 @@ def find(ctx: Context) -> None:
                       f"{(p.limit - p.active) / p.growth_per_min:.0f} min")
         elif p.growth_per_min:
             ev.append(f"change {p.growth_per_min:+.0f}/min")
-        busiest = {}
+        busiest: dict[str, int] = {}
+        cookies = ctx.ev.by_cookie()
+        labels = {n.label: n for n in ctx.netns}
+        mine: dict[int, int] = {}  # inode -> sessions, of the namespaces netdiag read
         for key, v in p.by_netns.items():
-            name = key if isinstance(key, str) else ctx.where(key, f"netns cookie {key}")
+            n = cookies.get(key) if isinstance(key, int) else labels.get(f"pod {key}") or labels.get(key)
+            name = n.label if n is not None else (f"pod {key}" if isinstance(key, str) else f"netns cookie {key}")
             busiest[name] = v
+            if n is not None:
+                mine[n.inode] = mine.get(n.inode, 0) + v
         if busiest:
             ev.append(f"most sessions: {top(busiest)}")
         if p.long_lived:
@@ -36,7 +42,10 @@ def find(ctx: Context) -> None:
                          title=("VPC session table over its limit" if p.active >= p.limit
                                 else "VPC session table near its limit"),
                          where="node", severity=sev, volume=p.active, unit="sessions", evidence=ev, remedy=rem,
-                         scope="host"))
+                         scope="host",
+                         # about the namespace that holds most of the sessions netdiag can name: asked
+                         # about it (--netns, --pod), this is about it
+                         netns=max(mine, key=mine.get) if mine else 0))
     for n in ctx.netns:
         ct = n.conntrack
         if ct is None or not ct.max:

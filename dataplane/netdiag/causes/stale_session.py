@@ -7,6 +7,10 @@ from ..evidence import Session
 from .context import Context, Finding, dur, hostport, num
 
 KEY, TEXT = "stale-session", "stale session after a route change"
+# a request/response service answers within seconds: this long without a reply, while newer flows to
+# the same peer get theirs, is a session pinned to a dead path (not the VPC's aging time: a pinned
+# session never ages out, the traffic keeps it alive)
+SILENT_S = 10.0
 
 
 def find(ctx: Context) -> None:
@@ -24,7 +28,7 @@ def find(ctx: Context) -> None:
     for s in p.long_lived:
         drops = ctx.flows(lambda d: d.tuple5 in (s.tuple5, s.reverse5))
         age = now - s.first_seen
-        where = s.where or ctx.where(s.netns, "")
+        where = s.where or (ctx.where(s.inode) if s.inode else "")
         head = (f"session {s.text()}" + (f" in {where}" if where else "") +
                 f" alive for {dur(age)} (last packet {dur(max(0.0, now - s.last_seen))} ago), "
                 f"session aging {p.aging_s:g} s: it never ages out")
@@ -40,12 +44,12 @@ def find(ctx: Context) -> None:
             if answered_at is _UNKNOWN:
                 quiet.append(s)
                 continue
-            if answered_at is not None and answered_at >= s.last_seen - max(p.aging_s, 30.0):
+            if answered_at is not None and answered_at >= s.last_seen - SILENT_S:
                 continue  # it gets replies: long-lived but healthy
             others = [x for x in sess if (x.proto, x.daddr, x.dport) == (s.proto, s.daddr, s.dport)
                       and x.sport != s.sport]
             working = [x for x in others if (r := replied(x)) is not _UNKNOWN and r is not None
-                       and r >= x.last_seen - 30]
+                       and r >= x.last_seen - SILENT_S]
             if not working:
                 continue  # the peer answers nobody: not this case
             silent = s.last_seen - (answered_at if answered_at is not None else s.first_seen)
@@ -56,7 +60,7 @@ def find(ctx: Context) -> None:
             cause=KEY, title=f"stale session: {s.text()}" + (f" in {where}" if where else ""),
             where=where or "node", severity=5, volume=volume, unit=unit,
             rate=ctx.flows_rate(drops) if drops else None, scope="flow", evidence=evidence,
-            netns=drops[0].netns if drops else 0, remedy=list(_STALE_REMEDY)), drops)
+            netns=drops[0].netns if drops else s.inode, remedy=list(_STALE_REMEDY)), drops)
     if quiet:
         oldest = min(quiet, key=lambda s: s.first_seen)
         ctx.add(Finding(
