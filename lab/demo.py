@@ -9,10 +9,12 @@ the reference host-local IPAM; the demo pings pod to pod, pod to peer, node to p
 DEL and proves nothing is left behind. Exit status 0 only if every check held.
 
 `demo` runs this macvlan scenario, then the routed/BGP one (lab/routed.py: a BIRD ToR, two
-nodes running moord, pods that move, graceful restart under a UDP stream) and the UDP loss cases
-(lab/loss.py, each named by `netdiag doctor`); `python -m lab SCENARIO` runs
-one of them alone. Each scenario gets its own namespaces and temp dir, removed when it ends, on
-failure and on Ctrl-C too.
+nodes running moord, pods that move, graceful restart under a UDP stream), then every UDP loss
+case of the design notes (lab/cases/, lab/loss.py: each reproduced under a busy background, named
+by `netdiag doctor` through moord's probe and through the kernel's counters, its remedy applied,
+the loss measured before and after). `python -m lab list` lists them; `python -m lab NAME [options]`
+runs one alone. Each scenario and case gets its own namespaces and temp dir, removed when it ends,
+on failure and on Ctrl-C too.
 """
 from __future__ import annotations
 
@@ -119,13 +121,34 @@ def _bgp(lab: Lab, tmp: Path) -> int:
     return routed.run(lab, tmp)
 
 
-def _loss(lab: Lab, tmp: Path) -> int:
-    from . import loss
-    return loss.run(lab, tmp)
+SCENARIOS: dict[str, tuple[Callable[[Lab, Path], int], str]] = {
+    "macvlan": (_macvlan, "two macvlan pods, a physical peer and their node: ADD, ping, CHECK, DEL, nothing left"),
+    "bgp": (_bgp, "a BIRD ToR and two moord nodes: routed pods, a fixed-IP pod moves, graceful restart under a "
+                  "UDP stream"),
+}
+RESULTS: list = []  # the loss cases' results of this run (lab.loss.CaseResult), for the summary
 
 
-SCENARIOS: dict[str, Callable[[Lab, Path], int]] = {"macvlan": _macvlan, "bgp": _bgp, "loss": _loss}
-DEMO = ("macvlan", "bgp", "loss")
+def _cases() -> dict:
+    from .cases import CASES
+    return CASES
+
+
+def _defaults(name: str) -> argparse.Namespace:
+    from .cases import options
+    return options(name)
+
+
+def _loss_case(name: str, opts: argparse.Namespace) -> Callable[[Lab, Path], int]:
+    def run(lab: Lab, tmp: Path) -> int:
+        r = _cases()[name](lab, tmp, opts).run()
+        RESULTS.append(r)
+        status = ("skipped: " + r.skipped) if r.skipped else ("all checks passed" if r.ok else
+                                                               f"{len(r.failed)} check(s) failed")
+        soft = [c for c in r.checks if c.soft and not c.ok]
+        print(f"\n{name}: {status}" + (f" ({len(soft)} soft check(s) not met yet)" if soft else ""))
+        return 0 if r.ok else 1
+    return run
 
 
 @contextmanager
@@ -150,12 +173,12 @@ def _uninterrupted() -> Iterator[None]:
             raise _Terminated if got[0] == signal.SIGTERM else KeyboardInterrupt
 
 
-def _scenario(name: str) -> int:
+def _scenario(name: str, run: Callable[[Lab, Path], int]) -> int:
     """Run one scenario in its own Lab and temp dir; both are removed whatever happens."""
     tmp = Path(tempfile.mkdtemp(prefix=f"moor-lab-{name}-"))
     lab = Lab()
     try:
-        return SCENARIOS[name](lab, tmp)
+        return run(lab, tmp)
     except (subprocess.SubprocessError, LabError, OSError) as e:
         print(f"  [FAIL] the {name} scenario stopped: {e}")
         return 1
@@ -182,18 +205,91 @@ def _sigterm(*_: Any) -> None:
     raise _Terminated
 
 
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lab", description="moor's lab on network namespaces: every "
+                                 "scenario and loss case in fresh namespaces, removed when it ends.")
+    sub = ap.add_subparsers(dest="scenario", metavar="SCENARIO")
+    sub.required = True
+    sub.add_parser("list", help="the scenarios and loss cases, with their options")
+    d = sub.add_parser("demo", help="macvlan, bgp, then every loss case (what ./run demo runs)")
+    d.add_argument("--only", metavar="NAME[,NAME...]", help="run just these scenarios/cases, in demo order")
+    for name, (_, text) in SCENARIOS.items():
+        sub.add_parser(name, help=text)
+    sub.add_parser("loss", help="every loss case in sequence, with its defaults")
+    for name, cls in _cases().items():
+        p = sub.add_parser(name, help=cls.title, description=f"{cls.title}. {cls.design}. The doctor must name "
+                           f"cause {cls.cause}.")
+        cls.add_options(p)
+    return ap
+
+
+def _list(ap: argparse.ArgumentParser) -> None:
+    print("scenarios (python -m lab NAME):")
+    for name, (_, text) in SCENARIOS.items():
+        print(f"  {name:18} {text}")
+    print("\nloss cases (python -m lab CASE [options]); each: busy background, moord with its probe, the loss "
+          "measured,\n`netdiag doctor` through the agent and the kernel, the doctor's remedy applied, the loss "
+          "measured again:")
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    for name, cls in _cases().items():
+        print(f"\n  {name:18} {cls.title} (cause {cls.cause})")
+        print(f"  {'':18} design notes {cls.design}")
+        for act in sub.choices[name]._actions:
+            if act.option_strings and act.dest != "help":
+                print(f"  {'':18}   {', '.join(act.option_strings):16} {act.help}")
+    print("\n  demo               macvlan, bgp and every loss case (./run demo); --only NAME,... for a subset")
+    print("  loss               every loss case")
+
+
+def _summary() -> None:
+    if not RESULTS:
+        return
+    from .loss import pct
+    print("\nloss cases (loss measured by the lab's own sender and receiver; the doctor's first finding per source;")
+    print("'(not the case)': a finding of that cause, but about the background or not attributed to the case):")
+    print(f"  {'case':17} {'before':>7} {'after':>7}  {'doctor #1 (agent)':32} {'doctor #1 (kernel)':20} result")
+    for r in RESULTS:
+        fa, fk = r.first.get("agent"), r.first.get("kernel")
+        agent = (fa["cause"] + (" (not the case)" if fa["cause"] == r.cause and not r.named_first else "")
+                 if fa else ("no finding" if "agent" in r.first else "-"))
+        soft = sum(1 for c in r.checks if c.soft and not c.ok)
+        res = ("skipped: " + r.skipped if r.skipped else "ok" if r.ok else "FAILED") + \
+              (f", {soft} soft check not met" if soft else "")
+        kernel = fk["cause"] if fk else ("no finding" if "kernel" in r.first else "-")
+        print(f"  {r.name:17} {pct(r.loss_before):>7} {pct(r.loss_after):>7}  {agent:32} {kernel:20} {res}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lab")
-    ap.add_argument("scenario", choices=["demo", *SCENARIOS],
-                    help="demo: macvlan, bgp and loss in sequence; macvlan: two macvlan pods, a physical peer, a "
-                         "host shim; bgp: a BIRD ToR, two moord nodes, routed pods, graceful restart; loss: the UDP "
-                         "loss cases and what netdiag doctor says about each")
+    ap = _parser()
     a = ap.parse_args(argv)
+    if a.scenario == "list":
+        _list(ap)
+        return 0
+    cases = _cases()
+    if a.scenario in cases:
+        why = cases[a.scenario].check_options(a)
+        if why:
+            ap.error(f"{a.scenario}: {why}")
     why = require_root()
     if why:
         print(f"lab: {why}", file=sys.stderr)
         return 2
-    names = list(DEMO) if a.scenario == "demo" else [a.scenario]
+    order = [*SCENARIOS, *cases]
+    if a.scenario == "demo":
+        names = order
+        if a.only:
+            want = [n.strip() for n in a.only.split(",") if n.strip()]
+            bad = [n for n in want if n not in order]
+            if bad:
+                ap.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(order)})")
+            names = [n for n in order if n in want]
+    elif a.scenario == "loss":
+        names = list(cases)
+    else:
+        names = [a.scenario]
+    runs = {n: (SCENARIOS[n][0] if n in SCENARIOS else
+                _loss_case(n, a if n == a.scenario else _defaults(n))) for n in names}
+    RESULTS.clear()
     try:
         old_term = signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:
@@ -203,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, name in enumerate(names):
             if i:
-                print("\n" + "=" * 78 + "\n")
-            if _scenario(name):
+                print("\n" + "=" * 78 + "\n", flush=True)
+            if _scenario(name, runs[name]):
                 failed.append(name)
     except KeyboardInterrupt as e:
         print("\nlab: interrupted; namespaces, processes and temp dirs removed", file=sys.stderr)
@@ -214,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, old_term)
     if len(names) > 1:
         print("\n" + "=" * 78)
-        print(f"demo: {', '.join(f'{n} ' + ('FAILED' if n in failed else 'ok') for n in names)} "
+        _summary()
+        print(f"\n{a.scenario}: {', '.join(f'{n} ' + ('FAILED' if n in failed else 'ok') for n in names)} "
               f"({time.monotonic() - t0:.0f} s)")
         print("all checks passed" if not failed else f"{len(failed)} scenario(s) failed: {', '.join(failed)}")
     return 1 if failed else 0
