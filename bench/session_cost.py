@@ -205,20 +205,21 @@ def _netns(name: str):
 
 class Bench:
     def __init__(self, lab: Lab, tx: str, dev: str) -> None:
-        from bcc import BPF
+        from bcc import BPF  # imported here: bcc (and root) only when the bench runs
         from dataplane.probe import sessions
+        from dataplane.probe.kheaders import compile_bpf
 
         self.lab, self.tx, self.dev = lab, tx, dev
         self.sessions = sessions
-        self.naive_bpf = sessions._compile(NAIVE_TC, [])
+        self.naive_bpf = compile_bpf([], text=NAIVE_TC)
         self.naive_fn = self.naive_bpf.load_func(b"naive", BPF.SCHED_CLS)
-        self.nop_bpf = sessions._compile(SKB_NOP, [])
+        self.nop_bpf = compile_bpf([], text=SKB_NOP)
         self.nop_fns = [(self.nop_bpf.load_func(b"nop_egress", BPF.CGROUP_SKB, attach_type=1), 1),
                         (self.nop_bpf.load_func(b"nop_ingress", BPF.CGROUP_SKB, attach_type=0), 0)]
         self.nop_links = []
-        self.sm_bpf = sessions._compile(SENDMSG_HOOK, [])
+        self.sm_bpf = compile_bpf([], text=SENDMSG_HOOK)
         self.sm_fn = self.sm_bpf.load_func(b"sendmsg4", BPF.CGROUP_SOCK_ADDR, attach_type=14)
-        self.cg_fd = os.open(sessions._cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.cg_fd, _ = sessions._open_cgroup2_root()
         from pyroute2 import IPRoute
         with _netns(tx):
             self.ipr = IPRoute()
@@ -280,12 +281,11 @@ def run_flood(lab: Lab, tx: str, nports: int, connected: bool, secs: float, size
     return json.loads(p.stdout)
 
 
-# BPF_OBJ_GET_INFO_BY_FD on a program: run_time_ns at 192, run_cnt at 200 (struct bpf_prog_info, UAPI)
 def prog_stats(fd: int) -> tuple[int, int]:
-    info = ctypes.create_string_buffer(256)
-    attr = struct.pack("<IIQ", fd, 256, ctypes.addressof(info)).ljust(64, b"\0")
-    self_bpf(15, attr)
-    return struct.unpack_from("<QQ", info.raw, 192)
+    """(run_time_ns, run_cnt) of a program (its fdinfo; counted while BPF stats are enabled)."""
+    from dataplane.probe.kheaders import run_stats
+    runs, ns = run_stats(fd)
+    return ns, runs
 
 
 def self_bpf(cmd: int, attr: bytes) -> int:

@@ -59,9 +59,11 @@ class AgentService(rpc.AgentServicer):
             drops=[pb.Drop(reason=s.key.reason, netns=s.key.netns, ifindex=s.key.ifindex, proto=s.key.proto,
                            saddr=s.key.saddr, daddr=s.key.daddr, sport=s.key.sport, dport=s.key.dport,
                            fragment=s.key.fragment, frag_bytes=s.key.frag_bytes, packets=s.packets, bytes=s.bytes,
-                           pod=_pod(by_ino, s.key.netns)) for s in stats],
+                           pod=_pod(by_ino, s.key.netns), first_seen=s.first_seen, last_seen=s.last_seen)
+                   for s in stats],
             rcvbuf=[pb.RcvbufOverflow(netns=r.netns, proto=r.proto, laddr=r.laddr, lport=r.lport, rcvbuf=r.rcvbuf,
-                                      drops=r.drops, pod=_pod(by_ino, r.netns)) for r in rcv])
+                                      drops=r.drops, pod=_pod(by_ino, r.netns), first_seen=r.first_seen,
+                                      last_seen=r.last_seen) for r in rcv])
 
     async def Sessions(self, request, context):
         return await asyncio.to_thread(self._sessions, request.list)

@@ -12,6 +12,13 @@
 // first to the last field the probe needs, start aligned to 8), and the IP header together with
 // the first bytes after it.
 //
+// Time: every flow aggregate and socket entry keeps the time of its first and of its last drop.
+// With STAMP_JIFFIES (drops.py knows the kernel's HZ) the stamp is bpf_jiffies64(), which the
+// verifier inlines into one load; otherwise bpf_ktime_get_boot_ns(), a helper call that measured
+// ~45 ns a drop, a fifth of this program's cost (see probe/kclock.py). First is written once, with
+// the entry; last only moves forward (a CPU that read the clock before another's store does not
+// write), so first <= last always.
+//
 // The defines:
 //   KFS_RAW KFS_SKB_ARG KFS_REASON_ARG [KFS_RX_SK_ARG]  raw tracepoint argument positions
 //   TP_SKBADDR TP_PROTOCOL TP_REASON [TP_RX_SK]        or: skb:kfree_skb record offsets
@@ -24,12 +31,19 @@
 //   REASON_CONSUMED  the value of SKB_CONSUMED on this kernel (never counted)
 //   HAVE_IGNORE      some reasons are not counted (the `ignored` array says which)
 //   UDPF_RC_ARG UDPF_SK_ARG  argument positions of the raw tracepoint udp_fail_queue_rcv_skb
+//   STAMP_JIFFIES    stamp drops with jiffies (else CLOCK_BOOTTIME ns)
 //   ERR_NOMEM AF_INET_ AF_INET6_ ETH_P_IP_ ETH_P_IPV6_ MAX_FLOWS MAX_SOCKS IGNORE_SLOTS
 
 #define KREAD(dst, base, off) \
     bpf_probe_read_kernel(&(dst), sizeof(dst), (const void *)((const char *)(base) + (off)))
 // a field inside a window that was read from `start`
 #define AT(type, win, start, off) (*(const type *)((const u8 *)(win) + ((off) - (start))))
+
+#ifdef STAMP_JIFFIES
+#define STAMP() tick
+#else
+#define STAMP() bpf_ktime_get_boot_ns()
+#endif
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define NTOHS(x) ((u16)__builtin_bswap16((u16)(x)))
@@ -58,6 +72,13 @@ struct counter {
     u64 bytes;
 };
 
+struct flow_val {
+    u64 packets;
+    u64 bytes;
+    u64 first;       // STAMP() of the first drop counted here
+    u64 last;        // and of the last one
+};
+
 struct sock_key {
     u32 netns;
     u8 family;       // 4 or 6
@@ -70,20 +91,46 @@ struct sock_val {
     u64 drops;
     u32 rcvbuf;      // sk_rcvbuf when the last drop happened
     u32 pad;
+    u64 first;       // STAMP() of the first and the last drop
+    u64 last;
 };
 
-BPF_F_TABLE("hash", struct drop_key, struct counter, drops, MAX_FLOWS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct drop_key, struct flow_val, drops, MAX_FLOWS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(drops_overflow, struct counter, 1);
 BPF_F_TABLE("hash", struct sock_key, struct sock_val, rcvbuf_drops, MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(rcvbuf_overflow, u64, 1);
 // reasons (below IGNORE_SLOTS) that are not counted; filled by drops.py
 BPF_ARRAY(ignored, u8, IGNORE_SLOTS);
 
-static __always_inline u32 net_inum(const void *net)
+// The last namespace a program read on this CPU (one slot per program, so two programs never
+// interleave their writes to one), trusted for the rest of the jiffy it was read in: a struct net
+// outlives its last device and socket by RCU grace periods (its teardown waits for them), far
+// more than a tick, so a pointer that was namespace X this tick still is. It saves one helper call
+// (~30 ns, bench/probe_overhead.py) per drop of a flood in one namespace.
+struct netcache {
+    u64 net;
+    u64 tick;       // jiffies when net->ns.inum was read
+    u32 inum;
+    u32 pad;
+};
+#define NC_KFREE_SKB 0
+#define NC_UDP_FAIL 1
+BPF_PERCPU_ARRAY(netcache, struct netcache, 2);
+
+static __always_inline u32 net_inum(const void *net, struct netcache *c, u64 tick)
 {
     u32 inum = 0;
-    if (net)
-        KREAD(inum, net, NET_INUM);
+    if (!net)
+        return 0;
+    if (c && c->net == (u64)net && c->tick == tick)
+        return c->inum;
+    KREAD(inum, net, NET_INUM);
+    if (c) {
+        c->tick = 0;            // (a half-written slot never matches)
+        c->net = (u64)net;
+        c->inum = inum;
+        c->tick = tick;
+    }
     return inum;
 }
 
@@ -188,6 +235,9 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
     u64 sw[SKB_WIN_LEN / 8];
     if (bpf_probe_read_kernel(sw, sizeof(sw), (const u8 *)skb + SKB_WIN_START))
         return 0;
+    u64 tick = bpf_jiffies64();
+    u32 slot = NC_KFREE_SKB;
+    struct netcache *nc = netcache.lookup(&slot);
 #ifdef KFS_RAW
     protocol = NTOHS(AT(u16, sw, SKB_WIN_START, SKB_PROTOCOL));
 #endif
@@ -215,12 +265,12 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
         KREAD(ifindex, dev, DEV_IFINDEX);
         KREAD(net, dev, DEV_NET);
 #endif
-        dev_ns = net_inum(net);
+        dev_ns = net_inum(net, nc, tick);
     }
     if (sk) {
         const void *net = 0;
         KREAD(net, sk, SK_NET);
-        sk_ns = net_inum(net);
+        sk_ns = net_inum(net, nc, tick);
     }
     if (dev_ns && ifindex > 0 && (!sk_ns || sk_ns == dev_ns)) {
         k.netns = dev_ns;
@@ -243,9 +293,10 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
     if (!bytes)
         bytes = AT(u32, sw, SKB_WIN_START, SKB_LEN);
 
-    struct counter *v = drops.lookup(&k);
+    u64 now = STAMP();
+    struct flow_val *v = drops.lookup(&k);
     if (!v) {
-        struct counter init = {};
+        struct flow_val init = {.first = now, .last = now};
         drops.insert(&k, &init);
         v = drops.lookup(&k);           // ours, or the one another CPU inserted first
         if (!v) {                       // the map is full
@@ -260,6 +311,8 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
     }
     __sync_fetch_and_add(&v->packets, 1);
     __sync_fetch_and_add(&v->bytes, bytes);
+    if (now > v->last)
+        v->last = now;
     return 0;
 }
 
@@ -300,7 +353,9 @@ int on_udp_fail_queue_rcv_skb(struct bpf_raw_tracepoint_args *ctx)
     if (bpf_probe_read_kernel(cw, sizeof(cw), (const u8 *)sk + SKC_WIN_START))
         return 0;
     struct sock_key k = {};
-    k.netns = net_inum(AT(void *, cw, SKC_WIN_START, SK_NET));
+    u64 tick = bpf_jiffies64();
+    u32 slot = NC_UDP_FAIL;
+    k.netns = net_inum(AT(void *, cw, SKC_WIN_START, SK_NET), netcache.lookup(&slot), tick);
     u16 family = AT(u16, cw, SKC_WIN_START, SK_FAMILY);
     k.lport = AT(u16, cw, SKC_WIN_START, SK_NUM);
 #ifdef SK_PROTOCOL
@@ -323,9 +378,10 @@ int on_udp_fail_queue_rcv_skb(struct bpf_raw_tracepoint_args *ctx)
     int rcvbuf = 0;
     KREAD(rcvbuf, sk, SK_RCVBUF);
 
+    u64 now = STAMP();
     struct sock_val *v = rcvbuf_drops.lookup(&k);
     if (!v) {
-        struct sock_val init = {};
+        struct sock_val init = {.first = now, .last = now};
         rcvbuf_drops.insert(&k, &init);
         v = rcvbuf_drops.lookup(&k);
         if (!v) {
@@ -338,5 +394,7 @@ int on_udp_fail_queue_rcv_skb(struct bpf_raw_tracepoint_args *ctx)
     }
     __sync_fetch_and_add(&v->drops, 1);
     v->rcvbuf = (u32)rcvbuf;
+    if (now > v->last)
+        v->last = now;
     return 0;
 }

@@ -29,6 +29,22 @@ Attribution (DropKey.netns / ifindex)
     bytes of the fragment's payload, the analogue for IPv6), for first and later fragments alike.
   * bytes is the IP length of the packet (IPv4 total length, IPv6 payload length + 40), else skb->len.
 
+Time (DropStat and RcvbufStat .first_seen / .last_seen, unix seconds)
+  * Each flow aggregate and socket entry keeps the kernel time of its first and of its last drop,
+    its first written once (with the entry), its last moved forward only, so first_seen <=
+    last_seen. The stamp is jiffies (bpf_jiffies64(), inlined by the verifier to one load: one
+    store per drop and no helper call), turned into unix seconds through CLOCK_MONOTONIC, which
+    jiffies follow tick for tick (probe/kclock.py); `time_error_s` says how far a stamp may be off
+    (two ticks: 8 ms at HZ=250). Not bpf_ktime_get_ns() (CLOCK_MONOTONIC) nor
+    bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME): both are helper calls, which cost ~45 ns a drop on
+    the bench machine, a fifth of the program. BOOTTIME would have kept ages right across a
+    suspend of the machine; jiffies, like MONOTONIC, stand still then, so an age spanning a
+    suspend is short by its length (nodes seldom suspend). Without a known HZ (no kernel config,
+    no /proc/timer_list) the probe stamps CLOCK_BOOTTIME ns instead, and says so in `limitations`.
+  * snapshot() converts with the offset between the kernel clock and time.time() read right after
+    the maps: an age (time.time() - last_seen) is right to the stamp's resolution; the absolute
+    time follows the wall clock as it is now (a clock step moves every stamp with it).
+
 What is not counted
   * SKB_CONSUMED: normal frees. On 6.x kernels kfree_skb_reason(skb, SKB_CONSUMED) fires
     skb:consume_skb, not skb:kfree_skb, so this is only a guard for kernels that still route it here.
@@ -50,12 +66,14 @@ import ipaddress
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .btf import Btf, BtfError
 from .errors import ProbeUnavailable
+from .kclock import JiffiesClock
 from .kheaders import compile_bpf, run_stats
 
 BPF_SOURCE = Path(__file__).with_name("drops.bpf.c")
@@ -87,6 +105,8 @@ class DropStat:
     key: DropKey
     packets: int
     bytes: int          # IP packet length (total length) when parsed as IP, else skb->len
+    first_seen: float = 0.0   # unix seconds of the first drop counted in this aggregate (0: unknown)
+    last_seen: float = 0.0    # unix seconds of the last one
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,21 @@ class RcvbufStat:
     lport: int
     rcvbuf: int         # the socket's sk_rcvbuf in bytes (as SO_RCVBUF reads it), at the last drop
     drops: int
+    first_seen: float = 0.0   # unix seconds of the socket's first receive-buffer drop (0: unknown)
+    last_seen: float = 0.0    # and of its last one
+
+
+def boottime_to_unix() -> Callable[[int], float]:
+    """A function from CLOCK_BOOTTIME nanoseconds (the probe's stamps) to unix seconds, using the
+    offset between the two clocks now (the boot-time clock read on both sides of time.time())."""
+    b0 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    wall = time.time()
+    b1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    boot_now = (b0 + b1) // 2
+
+    def to_unix(ns: int) -> float:
+        return wall - (boot_now - ns) / 1e9 if ns else 0.0
+    return to_unix
 
 
 def short_reason(name: str) -> str:
@@ -155,6 +190,7 @@ class DropProbe:
         self.limitations: list[str] = []
         self._bpf = None
         self._reasons: dict[int, str] = {}
+        self._clock: Optional[JiffiesClock] = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -325,6 +361,12 @@ class DropProbe:
         defines["UDPF_RC_ARG"], defines["UDPF_SK_ARG"] = udp_args or (0, 1)
         if self.ignore:
             defines["HAVE_IGNORE"] = 1
+        self._clock = JiffiesClock.calibrate()
+        if self._clock is not None:
+            defines["STAMP_JIFFIES"] = 1
+        else:
+            self.limitations.append("kernel HZ unknown (no kernel config, no /proc/timer_list): drop times "
+                                    "from bpf_ktime_get_boot_ns(), a helper call per drop")
         cflags = [f"-D{k}={v}" for k, v in defines.items()] + ["-Wno-unused-function"]
 
         bpf = compile_bpf(cflags, src_file=str(BPF_SOURCE))
@@ -353,6 +395,11 @@ class DropProbe:
         return self
 
     # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def time_error_s(self) -> float:
+        """How far first_seen / last_seen may be from the drop's true time (the stamp's resolution)."""
+        return self._clock.error_s if self._clock is not None else 1e-6
 
     def reasons(self) -> dict[int, str]:
         """Drop-reason numbers of the running kernel and their names ("NO_SOCKET")."""
@@ -383,11 +430,16 @@ class DropProbe:
         return ""
 
     def snapshot(self) -> tuple[list[DropStat], list[RcvbufStat]]:
-        """Counts since start(): drops per key, and receive-buffer overflows per socket address."""
+        """Counts since start(): drops per key, and receive-buffer overflows per socket address,
+        each with the unix time of its first and last drop."""
         if self._bpf is None:
             raise RuntimeError("DropProbe.snapshot() before start()")
+        flows = self._bpf[b"drops"].items()
+        rcv = self._bpf[b"rcvbuf_drops"].items()
+        # after the reads, so every stamp is in the past
+        to_unix = self._clock.converter() if self._clock is not None else boottime_to_unix()
         drops: list[DropStat] = []
-        for k, v in self._bpf[b"drops"].items():
+        for k, v in flows:
             fam = k.family
             key = DropKey(
                 reason=self.reason_name(k.reason),
@@ -401,11 +453,13 @@ class DropProbe:
                 fragment=bool(k.fragment),
                 frag_bytes=bytes(k.fbytes).hex() if k.fragment and k.has_fbytes else "",
             )
-            drops.append(DropStat(key=key, packets=v.packets, bytes=v.bytes))
+            drops.append(DropStat(key=key, packets=v.packets, bytes=v.bytes,
+                                  first_seen=to_unix(v.first), last_seen=to_unix(v.last)))
         socks: list[RcvbufStat] = []
-        for k, v in self._bpf[b"rcvbuf_drops"].items():
+        for k, v in rcv:
             socks.append(RcvbufStat(netns=k.netns, proto=k.proto, laddr=self._addr(k.family, bytes(k.laddr)),
-                                    lport=k.lport, rcvbuf=v.rcvbuf, drops=v.drops))
+                                    lport=k.lport, rcvbuf=v.rcvbuf, drops=v.drops,
+                                    first_seen=to_unix(v.first), last_seen=to_unix(v.last)))
         return drops, socks
 
     def overflow(self) -> tuple[int, int, int]:

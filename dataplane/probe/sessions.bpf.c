@@ -77,7 +77,7 @@ struct ip6h {
     u32 daddr[4];
 };
 
-struct skey {
+struct skey {      /* 48 bytes, 8-aligned: compared as six u64 (same_key, same_flow) */
     u64 netns;      /* netns cookie of the socket */
     u32 laddr[4];   /* local address, network order; IPv4 in laddr[0] */
     u32 raddr[4];   /* remote address */
@@ -94,12 +94,7 @@ struct sval {
 };
 
 struct cent {
-    u32 raddr[4];
-    u32 laddr[4];
-    u16 rport;
-    u16 lport;
-    u8 proto;
-    u8 pad[3];
+    u64 flow[5];    /* struct skey without its netns (the socket implies it): bytes 8-47 of the key */
     u64 last;       /* when this flow was last written to the session map: jiffies with GRAN_J, else ns */
 };
 
@@ -155,9 +150,11 @@ static __always_inline void record(struct skey *k, u64 now)
     }
 }
 
-static __always_inline int same(const u32 *a, const u32 *b)
+/* the flow part of a key (all but the netns) against a socket cache entry: five 8-byte compares */
+static __always_inline int same_flow(const u64 *flow, const struct skey *k)
 {
-    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+    const u64 *b = (const u64 *)k + 1;
+    return flow[0] == b[0] && flow[1] == b[1] && flow[2] == b[2] && flow[3] == b[3] && flow[4] == b[4];
 }
 
 static __always_inline int same_key(const struct skey *x, const struct skey *y)
@@ -250,8 +247,7 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
     if (st) {
         u32 h = k.raddr[0] ^ k.raddr[3] ^ k.rport ^ (k.rport >> 2) ^ k.proto;
         e = &st->e[h & (CACHE_WAYS - 1)];
-        if (tick - e->last < CACHE_GRAN && e->rport == k.rport && e->lport == k.lport &&
-            e->proto == k.proto && same(e->raddr, k.raddr) && same(e->laddr, k.laddr))
+        if (tick - e->last < CACHE_GRAN && same_flow(e->flow, &k))
             return 1; /* written to the session map less than a granularity ago */
     }
 #ifdef SKB_NETNS_COOKIE
@@ -290,11 +286,7 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
     }
 fill_socket_cache:
     if (e) {
-        __builtin_memcpy(e->raddr, k.raddr, 16);
-        __builtin_memcpy(e->laddr, k.laddr, 16);
-        e->rport = k.rport;
-        e->lport = k.lport;
-        e->proto = k.proto;
+        __builtin_memcpy(e->flow, (const u64 *)&k + 1, sizeof(e->flow));
         e->last = last;
     }
     return 1;

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Optional
 
 from dataplane.probe.errors import ProbeUnavailable
+from dataplane.probe.kclock import kernel_hz
 from dataplane.probe.kheaders import compile_bpf
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h, Linux 5.14+
@@ -268,32 +269,8 @@ def _skb_can_get_netns_cookie() -> bool:
     return True
 
 
-def _kernel_hz(pause: float = 0.2) -> Optional[int]:
-    """The kernel's HZ (jiffies per second), from two readings of /proc/timer_list (its "now at"
-    monotonic ns and the jiffies counter); None when it cannot be read or makes no sense."""
-    def sample() -> tuple[int, int]:
-        now = None
-        with open("/proc/timer_list") as f:
-            for line in f:
-                if now is None and line.startswith("now at "):
-                    now = int(line.split()[2])
-                elif line.startswith("jiffies: ") and now is not None:
-                    return now, int(line.split()[1])
-        raise ValueError("no jiffies in /proc/timer_list")
-
-    try:
-        n0, j0 = sample()
-        time.sleep(pause)
-        n1, j1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if n1 <= n0:
-        return None
-    hz = (j1 - j0) / ((n1 - n0) / 1e9)
-    for known in (100, 250, 300, 1000):
-        if abs(hz - known) <= 0.1 * known:
-            return known
-    return None
+# the kernel's HZ: CONFIG_HZ when the config is readable, else measured from /proc/timer_list
+_kernel_hz = kernel_hz
 
 
 def _possible_cpus() -> int:

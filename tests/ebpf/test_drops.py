@@ -373,3 +373,142 @@ def test_ignored_reasons_are_not_counted(lab):
         assert not [d for d in drops if d.key.reason == "NO_SOCKET"]
     finally:
         p.close()
+
+
+# Times. The probe stamps each aggregate in the kernel (jiffies) and snapshot() converts the stamps
+# to unix seconds; eps() is the stamps' own resolution (probe.time_error_s: two ticks) plus a
+# millisecond for the conversion, well below the time a sender process takes to start.
+def eps(probe: DropProbe) -> float:
+    return probe.time_error_s + 1e-3
+
+
+def _one(items: list, pred) -> object:
+    hits = [x for x in items if pred(x)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_a_flow_aggregate_keeps_its_first_and_last_drop_time(probe, lab):
+    a, b = pair(lab)
+    EPS = eps(probe)
+
+    def mine(d: DropStat) -> bool:
+        return d.key.netns == inode(b) and d.key.dport == 5306 and d.key.sport == 41300
+
+    t0 = time.time()
+    send(lab, a, "192.0.2.2", 5306, 41300, 3)
+    drops, _ = wait_for(probe, lambda ds, _s: sum(d.packets for d in ds if mine(d)) >= 3)
+    t1 = time.time()
+    first = _one(drops, mine)
+    assert first.packets == 3 and first.key.reason == "NO_SOCKET"
+    assert t0 - EPS <= first.first_seen <= first.last_seen <= t1 + EPS
+
+    time.sleep(0.2)   # a gap between the bursts, so the second one's stamps are apart from the first's
+    t2 = time.time()
+    send(lab, a, "192.0.2.2", 5306, 41300, 2)             # the same flow: the same aggregate
+    drops, _ = wait_for(probe, lambda ds, _s: sum(d.packets for d in ds if mine(d)) >= 5)
+    t3 = time.time()
+    later = _one(drops, mine)
+    assert later.packets == 5
+    assert later.first_seen == pytest.approx(first.first_seen, abs=EPS)   # the first drop stays
+    assert t2 - EPS <= later.last_seen <= t3 + EPS                       # the last one moved on
+    assert later.last_seen > first.last_seen
+    assert later.first_seen <= later.last_seen
+
+
+def test_a_socket_entry_keeps_its_first_and_last_overflow_time(probe, lab):
+    a, b = pair(lab)
+    EPS = eps(probe)
+    port, dst = 5307, "192.0.2.2"
+    rx = lab.spawn(b, [PY, "-c", RECEIVER, dst, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert rx.stdout.readline(), "receiver did not start"
+
+    def sock(s: RcvbufStat) -> bool:
+        return s.netns == inode(b) and s.lport == port
+
+    def flow(d: DropStat) -> bool:
+        return d.key.netns == inode(b) and d.key.dport == port and d.key.reason == "SOCKET_RCVBUFF"
+
+    def burst(count: int) -> tuple[float, float, list[DropStat], RcvbufStat]:
+        """Send, then wait until the probe counts every overflow the namespace counted."""
+        t0 = time.time()
+        send(lab, a, dst, port, 41301, count)
+        deadline = time.monotonic() + GUARD
+        while True:
+            errors = udp_snmp(lab, b, "RcvbufErrors", False)
+            drops, socks = probe.snapshot()
+            seen = sum(s.drops for s in socks if sock(s))
+            if (errors and seen >= errors and sum(d.packets for d in drops if flow(d)) >= errors) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        t1 = time.time()
+        assert errors > 0, "the receive buffer never overflowed: nothing to observe"
+        return t0, t1, drops, _one(socks, sock)
+
+    try:
+        t0, t1, drops, s1 = burst(300)
+        f1 = _one(drops, flow)
+        for x in (s1, f1):
+            assert t0 - EPS <= x.first_seen <= x.last_seen <= t1 + EPS
+        time.sleep(0.2)
+        t2, t3, drops, s2 = burst(300)   # the receiver never reads: its queue is still full
+        f2 = _one(drops, flow)
+    finally:
+        rx.stdin.close()
+        rx.wait(10)
+    assert s2.drops > s1.drops and f2.packets > f1.packets
+    for old, new in ((s1, s2), (f1, f2)):
+        assert new.first_seen == pytest.approx(old.first_seen, abs=EPS)
+        assert t2 - EPS <= new.last_seen <= t3 + EPS
+        assert new.last_seen > old.last_seen
+
+
+def test_the_agent_api_carries_the_drop_times(probe, lab):
+    """server.py's Drops reply: the probe's first/last seen on every Drop and RcvbufOverflow."""
+    from dataplane.api.server import AgentService
+
+    class View:
+        def drop_snapshot(self):
+            return (*probe.snapshot(), "")
+
+        def pods(self):
+            return {}, {}
+
+    a, b = pair(lab)
+    EPS = eps(probe)
+    t0 = time.time()
+    send(lab, a, "192.0.2.2", 5308, 41302, 2)
+    wait_for(probe, lambda ds, _s: sum(d.packets for d in ds if d.key.netns == inode(b) and d.key.dport == 5308) >= 2)
+    reply = AgentService(View())._drops()
+    t1 = time.time()
+    mine = [d for d in reply.drops if d.netns == inode(b) and d.dport == 5308]
+    assert len(mine) == 1 and mine[0].packets == 2
+    assert t0 - EPS <= mine[0].first_seen <= mine[0].last_seen <= t1 + EPS
+    assert all(0 < d.first_seen <= d.last_seen for d in reply.drops)
+    assert all(0 < r.first_seen <= r.last_seen for r in reply.rcvbuf)
+
+
+def test_without_a_known_hz_drop_times_come_from_the_boot_clock(lab, monkeypatch):
+    """No kernel config and no /proc/timer_list: the probe stamps CLOCK_BOOTTIME ns (a helper call
+    per drop) instead of jiffies, says so, and its times are as right (finer, even)."""
+    from dataplane.probe import drops as drops_mod
+    monkeypatch.setattr(drops_mod.JiffiesClock, "calibrate", classmethod(lambda cls: None))
+    p = started()
+    try:
+        assert any("HZ unknown" in x for x in p.limitations), p.limitations
+        a, b = pair(lab)
+        EPS = eps(p)
+        t0 = time.time()
+        send(lab, a, "192.0.2.2", 5309, 41303, 2)
+
+        def mine(d: DropStat) -> bool:
+            return d.key.netns == inode(b) and d.key.dport == 5309
+
+        drops, _ = wait_for(p, lambda ds, _s: sum(d.packets for d in ds if mine(d)) >= 2)
+        t1 = time.time()
+        d = _one(drops, mine)
+        assert d.packets == 2
+        assert t0 - EPS <= d.first_seen <= d.last_seen <= t1 + EPS
+    finally:
+        p.close()
