@@ -4,8 +4,8 @@ source implements (the kernel directly: kernel.KernelSource; the agent over gRPC
 
 The probe's types, for reference (dataplane/probe/drops.py, dataplane/probe/sessions.py):
     DropKey(reason, netns, ifindex, proto, saddr, daddr, sport, dport, fragment, frag_bytes)
-    DropStat(key, packets, bytes)
-    RcvbufStat(netns, proto, laddr, lport, rcvbuf, drops)
+    DropStat(key, packets, bytes, first_seen, last_seen)
+    RcvbufStat(netns, proto, laddr, lport, rcvbuf, drops, first_seen, last_seen)
     Flow(netns_cookie, proto, saddr, sport, daddr, dport)
     SessionStat(flow, first_seen, last_seen)
     Pressure(active, limit, by_netns, growth_per_min, long_lived, aging_s)
