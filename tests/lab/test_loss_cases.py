@@ -65,6 +65,17 @@ def test_fragment_gateway_other_pattern_and_fragment(tmp_path):
     assert "1234" in " ".join([f["title"], *f["evidence"]]).lower(), doctor_says(r)
 
 
+def test_rcvbuf_and_session_limit_with_other_sizes(tmp_path):
+    """A buffer and a session limit the defaults do not use: the remedy the doctor prints follows them."""
+    r = run_case("rcvbuf", tmp_path, rcvbuf=4096, burst=32)
+    assert_case(r, CASES["rcvbuf"])
+    assert "from 8192 to" in r.first["agent"]["remedy"][0], doctor_says(r)  # 4096 doubled: sk_rcvbuf
+    (tmp_path / "limit").mkdir()
+    r = run_case("session-limit", tmp_path / "limit", limit=60, flows=120)
+    assert_case(r, CASES["session-limit"])
+    assert any("limit 60" in e for e in r.first["agent"]["evidence"]), doctor_says(r)
+
+
 @pytest.fixture(scope="module")
 def stale(tmp_path_factory):
     return run_case("stale-session", tmp_path_factory.mktemp("stale"))

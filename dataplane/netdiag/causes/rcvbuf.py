@@ -95,8 +95,10 @@ def find(ctx: Context) -> None:
 
 def _remedy(s: SocketDrop, where: str, rate: Optional[float], n: Optional[NetnsCounters]) -> list[str]:
     cur = s.rcvbuf or 0
-    # 4x what overflowed, and room for 100 ms of the drop rate at ~2.3 kB truesize per datagram
-    need = max(4 * cur, cur + (rate or 0) * 0.1 * 2304, 65536)
+    # 4x what overflowed, room for 250 ms of the drop rate at ~2.3 kB truesize per datagram, and
+    # never less than 256 KiB: the rate is an average over the sample, and a receiver overflows in
+    # bursts (a burst of 32 datagrams of 1 kB overflowed the 64 KiB this used to ask for)
+    need = max(4 * cur, cur + (rate or 0) * 0.25 * 2304, 262144)
     want = pow2(need)
     rate_txt = f"drops at the current rate {num(rate)}/s" if rate else (
         "no new drops in the sample" if rate == 0 else "cumulative drops")
