@@ -15,6 +15,10 @@ Configurations, alternated in rotating order within each repetition (medians ove
   sessions   dataplane.probe.sessions.SessionProbe (cgroup_skb egress + ingress on the root cgroup;
              both ends here are local sockets, so every packet runs a program twice)
   sessions-tx  the same with ingress=False (sent packets only)
+  sessions-base  with --base-src FILE: the same probe (this sessions.py) compiled from another version
+             of sessions.bpf.c (e.g. `git show HEAD:dataplane/probe/sessions.bpf.c > /tmp/base.bpf.c`),
+             alternated with the others, so a change to the kernel program is measured before and
+             after in one run under the same conditions
   skb-nop    cgroup_skb egress + ingress programs that only return 1: the attachment's fixed cost
   naive-tc   tc clsact egress on the sender's veth: parse, hash the 5-tuple, update a per-flow
              entry (last seen, packet count) on every packet
@@ -26,11 +30,13 @@ Scenarios: udp-1peer (unconnected, one destination), udp-connected (connect() th
 udp-1024peers (unconnected, destination port cycling over 1024: the per-socket cache misses and
 moor's program falls back to one hash lookup per packet).
 
-Then one more run per configuration with BPF run-time statistics on (BPF_ENABLE_STATS; its own
-overhead stays out of the packet rates above) gives ns per program run and runs per packet.
+Then --stats-reps more runs per configuration (alternated in rotating order like the above) with BPF
+run-time statistics on (BPF_ENABLE_STATS; its own overhead stays out of the packet rates above) give
+ns per program run (median, and min-max over the runs) and runs per packet.
 
 Run as root: .venv/bin/python bench/session_cost.py [--reps 7] [--secs 1.5] [--size 64]
-             [--scenarios udp-1peer,udp-connected,udp-1024peers]
+             [--scenarios udp-1peer,udp-connected,udp-1024peers] [--configs off,sessions,...]
+             [--base-src FILE] [--stats-reps 1]
 """
 from __future__ import annotations
 
@@ -204,13 +210,14 @@ def _netns(name: str):
 
 
 class Bench:
-    def __init__(self, lab: Lab, tx: str, dev: str) -> None:
+    def __init__(self, lab: Lab, tx: str, dev: str, base_src: str = "") -> None:
         from bcc import BPF  # imported here: bcc (and root) only when the bench runs
         from dataplane.probe import sessions
         from dataplane.probe.kheaders import compile_bpf
 
         self.lab, self.tx, self.dev = lab, tx, dev
         self.sessions = sessions
+        self.base_src = Path(base_src) if base_src else None
         self.naive_bpf = compile_bpf([], text=NAIVE_TC)
         self.naive_fn = self.naive_bpf.load_func(b"naive", BPF.SCHED_CLS)
         self.nop_bpf = compile_bpf([], text=SKB_NOP)
@@ -233,6 +240,17 @@ class Bench:
             self.probe = self.sessions.SessionProbe(ingress=config == "sessions")
             self.probe.start()
             return self.probe.prog_fds()
+        if config == "sessions-base":
+            if self.base_src is None:
+                raise ValueError("sessions-base needs --base-src")
+            self.probe = self.sessions.SessionProbe()
+            saved = self.sessions._BPF_SRC
+            self.sessions._BPF_SRC = self.base_src   # read by start() only
+            try:
+                self.probe.start()
+            finally:
+                self.sessions._BPF_SRC = saved
+            return self.probe.prog_fds()
         if config == "skb-nop":
             self.nop_links = [self.sessions._attach(fn.fd, self.cg_fd, at) for fn, at in self.nop_fns]
             return {fn.name.decode(): fn.fd for fn, _ in self.nop_fns}
@@ -247,7 +265,7 @@ class Bench:
         return {}
 
     def detach(self, config: str) -> None:
-        if config in ("sessions", "sessions-tx") and self.probe is not None:
+        if config in ("sessions", "sessions-tx", "sessions-base") and self.probe is not None:
             self.probe.close()
             self.probe = None
         elif config == "skb-nop":
@@ -305,6 +323,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64, help="IP packet size in bytes")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--base-src", default="", help="sessions.bpf.c of another version: adds config sessions-base")
+    ap.add_argument("--stats-reps", type=int, default=1, help="runs per configuration with BPF run-time stats")
     args = ap.parse_args()
     why = require_root()
     if why:
@@ -314,6 +334,13 @@ def main() -> int:
     configs = [c for c in args.configs.split(",") if c]
     if "off" not in configs:
         configs.insert(0, "off")
+    if args.base_src and "sessions-base" not in configs:
+        configs.insert(configs.index("sessions") + 1 if "sessions" in configs else 1, "sessions-base")
+    for c in configs:
+        if c not in CONFIGS + ["sessions-base"]:
+            ap.error(f"unknown configuration {c}")
+    if "sessions-base" in configs and not args.base_src:
+        ap.error("sessions-base needs --base-src")
     for s in scenarios:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
@@ -330,7 +357,7 @@ def main() -> int:
                         stdout=subprocess.PIPE, text=True)
         if rcv.stdout.readline().strip() != "ready":
             raise RuntimeError("receiver did not start")
-        bench = Bench(lab, tx, "v0")
+        bench = Bench(lab, tx, "v0", args.base_src)
         print(f"# {os.uname().release}, {os.cpu_count()} CPUs, {args.size}-byte IP packets, "
               f"sendmmsg x256, {args.secs:g} s per run, {args.reps} reps; load average {_loadavg()}")
         if float(_loadavg().split()[0]) > 0.5:
@@ -357,34 +384,49 @@ def main() -> int:
             for c in configs:
                 m, cm = statistics.median(res[c]), statistics.median(cres[c])
                 runs = " ".join(f"{x / 1e3:.0f}" for x in res[c])
-                print(f"  {c:11s} {m / 1e3:7.1f} {(1 - m / base) * 100:+6.1f}%  | {cm / 1e3:7.1f} "
+                print(f"  {c:13s} {m / 1e3:7.1f} {(1 - m / base) * 100:+6.1f}%  | {cm / 1e3:7.1f} "
                       f"{(1 - cm / cbase) * 100:+6.1f}% {1e9 / cm - 1e9 / cbase:+7.0f} ns  | [{runs}]")
 
-        print("\nBPF run time (BPF_ENABLE_STATS, one run each): ns per program run, runs per packet (runs of "
-              "any socket on the machine), and that time as a share of the packet's time with nothing attached. "
-              "The skb-nop rows are the floor of this measurement (it reads the clock twice per run).")
+        sreps = max(1, args.stats_reps)
+        print(f"\nBPF run time (BPF_ENABLE_STATS, {sreps} run(s) each, alternated): ns per program run "
+              f"(median{', min-max' if sreps > 1 else ''}), runs per packet (runs of any socket on the machine), and "
+              "that time as a share of the packet's time with nothing attached. The skb-nop rows are the floor "
+              "of this measurement (it reads the clock twice per run).")
         stats_fd = self_bpf(32, struct.pack("<I", 0).ljust(16, b"\0"))   # BPF_ENABLE_STATS, RUN_TIME
         try:
+            run_configs = [c for c in configs if c != "off"]
             for sc in scenarios:
                 nports, connected = SCENARIOS[sc]
                 ns_per_pkt = 1e9 / statistics.median(results[sc]["off"])   # wall, nothing attached
-                for c in configs:
-                    if c == "off":
-                        continue
-                    fds = bench.attach(c)
-                    try:
-                        before = {n: prog_stats(fd) for n, fd in fds.items()}
-                        out = run_flood(lab, tx, nports, connected, args.secs, args.size)
-                        after = {n: prog_stats(fd) for n, fd in fds.items()}
-                    finally:
-                        bench.detach(c)
-                    for n in fds:
-                        dt, dn = after[n][0] - before[n][0], after[n][1] - before[n][1]
-                        if dn == 0:
-                            print(f"  {sc:14s} {c:9s} {n:16s} not run")
+                # (config, program) -> [(ns per run, runs per packet)]
+                per: dict[tuple[str, str], list[tuple[float, float]]] = {}
+                for r in range(sreps):
+                    order = run_configs[r % len(run_configs):] + run_configs[:r % len(run_configs)]
+                    for c in order:
+                        fds = bench.attach(c)
+                        try:
+                            before = {n: prog_stats(fd) for n, fd in fds.items()}
+                            out = run_flood(lab, tx, nports, connected, args.secs, args.size)
+                            after = {n: prog_stats(fd) for n, fd in fds.items()}
+                        finally:
+                            bench.detach(c)
+                        for n in fds:
+                            dt, dn = after[n][0] - before[n][0], after[n][1] - before[n][1]
+                            per.setdefault((c, n), [])
+                            if dn:
+                                per[(c, n)].append((dt / dn, dn / out["sent"]))
+                for c in run_configs:
+                    for (cc, n), xs in per.items():
+                        if cc != c:
                             continue
-                        per_pkt = dt / out["sent"]
-                        print(f"  {sc:14s} {c:9s} {n:16s} {dt / dn:6.1f} ns/run  {dn / out['sent']:5.2f} runs/pkt  "
+                        if not xs:
+                            print(f"  {sc:14s} {c:13s} {n:16s} not run")
+                            continue
+                        ns_run = statistics.median(x for x, _ in xs)
+                        rpp = statistics.median(y for _, y in xs)
+                        per_pkt = ns_run * rpp
+                        spread = f" ({min(x for x, _ in xs):.1f}-{max(x for x, _ in xs):.1f})" if len(xs) > 1 else ""
+                        print(f"  {sc:14s} {c:13s} {n:16s} {ns_run:6.1f}{spread} ns/run  {rpp:5.2f} runs/pkt  "
                               f"{per_pkt:6.1f} ns/pkt = {per_pkt / ns_per_pkt * 100:4.1f}% of {ns_per_pkt:.0f} ns")
         finally:
             os.close(stats_fd)

@@ -78,6 +78,7 @@ class AgentService(rpc.AgentServicer):
             f = s.flow
             return pb.Session(netns_cookie=f.netns_cookie, proto=f.proto, saddr=f.saddr, sport=f.sport,
                               daddr=f.daddr, dport=f.dport, first_seen=s.first_seen, last_seen=s.last_seen,
+                              last_rx=s.last_rx or 0.0,   # 0: nothing received (or not counted)
                               pod=_pod(by_cookie, f.netns_cookie))
         return pb.SessionsReply(
             active=pr.active, limit=pr.limit, aging_s=pr.aging_s, growth_per_min=pr.growth_per_min, dropped=dropped,

@@ -94,7 +94,7 @@ class Session:
     daddr: str
     dport: int
     first_seen: float
-    last_seen: float  # the last packet either way (the probe counts a request and its reply as one)
+    last_seen: float  # the last packet either way (a request and its reply are one session)
     where: str = ""
     last_rx: Optional[float] = None  # the last packet received on it, when the source tells directions
     inode: int = 0  # the netns inode, when its cookie matched a namespace netdiag read

@@ -320,9 +320,11 @@ def sessions_text(ev: Evidence, source: str, watch: Optional[float] = None) -> s
         if p.long_lived:
             now = ev.now
             out.append(section("Long-lived sessions (never aged out)"))
-            out.append(table(["WHERE", "SESSION", "AGE_S", "IDLE_S"],
+            out.append(table(["WHERE", "SESSION", "AGE_S", "IDLE_S", "NO_REPLY_S"],
                              [[s.where or str(s.netns), s.text(), round(now - s.first_seen),
-                               round(max(0.0, now - s.last_seen))] for s in p.long_lived]))
+                               round(max(0.0, now - s.last_seen)),
+                               round(max(0.0, now - s.last_rx)) if s.last_rx else "never"]
+                              for s in p.long_lived]))
     ct = [[_name(n), n.conntrack.count, n.conntrack.max, n.conntrack.drop, n.conntrack.early_drop]
           for n in (ev.snapshot.netns if ev.snapshot else []) if n.conntrack]
     out.append(section("Conntrack (the kernel's own session table; max is global)"))

@@ -5,8 +5,9 @@
  * contexts are read (struct __sk_buff, struct bpf_sock, the packet's IP/UDP/TCP headers): no kernel
  * struct offsets, so the installed headers may belong to another kernel.
  *
- * Cost: the programs run per packet, but touch the session map only when a flow is new or its
- * last_seen is older than the granularity. A packet first checks a 4-entry cache of the flows its
+ * Cost: the programs run per packet, but touch the session map only when a flow is new or the time
+ * this packet's direction refreshes (last_seen for a sent packet, last_rx for a received one) is
+ * older than the granularity. A packet first checks a 4-entry cache of the flows its
  * socket used recently, kept in socket-local storage (a pointer walk, no hashing): connected
  * sockets and clients with few peers stop there. A socket with more peers at once (a UDP server
  * with many clients) then checks a per-CPU 2-way set-associative cache of recently written flows
@@ -15,7 +16,12 @@
  * thousands of flows costs TLB misses, which is what the caches avoid.
  *
  * A session is the 5-tuple seen from the local socket: (netns cookie, protocol, local addr/port,
- * remote addr/port), for both directions (a reply and a request share one session).
+ * remote addr/port), for both directions (a reply and a request share one session). last is its
+ * last packet either way, last_rx its last RECEIVED packet (the ingress program; 0: none yet), so a
+ * session that keeps sending but gets nothing back shows (a stale VPC/NAT session after a route
+ * change). The caches keep one stamp per direction, so a flow's received packets are cached as
+ * its sent ones are: the per-packet check is the same load and compare either way, and a flow
+ * with traffic both ways costs at most one more map write per granularity.
  *
  * These programs never filter: they always return 1 (allow).
  *
@@ -90,12 +96,17 @@ struct skey {      /* 48 bytes, 8-aligned: compared as six u64 (same_key, same_f
 
 struct sval {
     u64 first;      /* CLOCK_MONOTONIC (coarse) ns */
-    u64 last;
+    u64 last;       /* the last packet either way (refreshed once per granularity); >= last_rx */
+    u64 last_rx;    /* the last packet received (ingress); 0: none received since the probe started */
 };
 
+/* a cache entry's stamps: when the session map's last (any direction) and last_rx were last made
+ * fresh for this flow; jiffies with GRAN_J, else ns. A received packet checks last_rx, a sent one
+ * last (a write of last_rx writes last too). */
 struct cent {
     u64 flow[5];    /* struct skey without its netns (the socket implies it): bytes 8-47 of the key */
-    u64 last;       /* when this flow was last written to the session map: jiffies with GRAN_J, else ns */
+    u64 last;
+    u64 last_rx;
 };
 
 struct sockstate {
@@ -110,9 +121,10 @@ BPF_TABLE("lru_hash", struct skey, u8, refused, REFUSED_MAX);
 BPF_PERCPU_ARRAY(counters, u64, C_NCOUNTERS);
 BPF_SK_STORAGE(sockstate, struct sockstate);
 
-struct l2ent {
+struct l2ent {       /* 64 bytes */
     struct skey k;
     u64 last;       /* as cent.last */
+    u64 last_rx;    /* as cent.last_rx */
 };
 struct l2set {
     struct l2ent w[2];
@@ -126,27 +138,34 @@ static __always_inline void count(int slot)
         *c += 1;
 }
 
-static __always_inline void record(struct skey *k, u64 now)
+static __always_inline void record(struct skey *k, u64 now, int egress)
 {
     struct sval *v = sessions.lookup(k);
-    if (v) {
-        if (now - v->last >= GRAN_NS)
-            v->last = now;
-        return;
+    if (!v) {
+        struct sval nv = {.first = now, .last = now, .last_rx = egress ? 0 : now};
+        int err = sessions.insert(k, &nv); /* BPF_NOEXIST: a racing CPU's first_seen wins */
+        if (err == 0) {
+            count(C_NEW);
+            return;
+        }
+        if (err != -17 /* EEXIST: inserted by another CPU meanwhile (refreshed below) */) {
+            count(C_REFUSED_TRIES);
+            if (!refused.lookup(k)) {
+                u8 one = 1;
+                refused.update(k, &one);
+                count(C_REFUSED);
+            }
+            return;
+        }
+        v = sessions.lookup(k);
+        if (!v)
+            return;
     }
-    struct sval nv = {.first = now, .last = now};
-    int err = sessions.insert(k, &nv); /* BPF_NOEXIST: a racing CPU's first_seen wins */
-    if (err == 0) {
-        count(C_NEW);
-        return;
-    }
-    if (err == -17 /* EEXIST: inserted by another CPU meanwhile */)
-        return;
-    count(C_REFUSED_TRIES);
-    if (!refused.lookup(k)) {
-        u8 one = 1;
-        refused.update(k, &one);
-        count(C_REFUSED);
+    if (!egress && now - v->last_rx >= GRAN_NS) {
+        v->last_rx = now;
+        v->last = now;
+    } else if (now - v->last >= GRAN_NS) {
+        v->last = now;
     }
 }
 
@@ -240,6 +259,8 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
     u64 tick = bpf_ktime_get_coarse_ns();
 #define CACHE_GRAN GRAN_NS
 #endif
+/* the stamp this packet's direction refreshes (egress is a constant in each program) */
+#define STAMP(x) (egress ? (x)->last : (x)->last_rx)
 
     /* 1: the socket's own cache */
     struct sockstate *st = sockstate.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -247,8 +268,8 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
     if (st) {
         u32 h = k.raddr[0] ^ k.raddr[3] ^ k.rport ^ (k.rport >> 2) ^ k.proto;
         e = &st->e[h & (CACHE_WAYS - 1)];
-        if (tick - e->last < CACHE_GRAN && same_flow(e->flow, &k))
-            return 1; /* written to the session map less than a granularity ago */
+        if (tick - STAMP(e) < CACHE_GRAN && same_flow(e->flow, &k))
+            return 1; /* this direction written to the session map less than a granularity ago */
     }
 #ifdef SKB_NETNS_COOKIE
     k.netns = bpf_get_netns_cookie(skb);
@@ -264,32 +285,42 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
     u32 set = (h2 * 0x9E3779B1u) >> (32 - L2_BITS);
     struct l2set *c2 = l2cache.lookup(&set);
     struct l2ent *w = 0;
-    u64 last = tick;
+    /* the stamps the caches take: after a map write both directions' stamps are fresh for a
+     * received packet, only last for a sent one (last_rx: 0, never fresh, unless known below) */
+    u64 last = tick, last_rx = egress ? 0 : tick;
     if (c2) {
         if (same_key(&c2->w[0].k, &k))
             w = &c2->w[0];
         else if (same_key(&c2->w[1].k, &k))
             w = &c2->w[1];
-        if (w && tick - w->last < CACHE_GRAN) {
-            last = w->last;   /* fresh: the socket cache takes the same stamp */
-            goto fill_socket_cache;
-        }
-        if (!w) /* replace the way written longer ago */
+        if (w) {
+            if (tick - STAMP(w) < CACHE_GRAN) {
+                last = w->last;   /* fresh: the socket cache takes the same stamps */
+                last_rx = w->last_rx;
+                goto fill_socket_cache;
+            }
+            if (egress)
+                last_rx = w->last_rx;   /* a sent packet leaves this flow's last_rx as it was */
+        } else { /* replace the way written longer ago */
             w = c2->w[0].last <= c2->w[1].last ? &c2->w[0] : &c2->w[1];
+        }
     }
 
     /* 3: the session map */
-    record(&k, bpf_ktime_get_coarse_ns());
+    record(&k, bpf_ktime_get_coarse_ns(), egress);
     if (w) {
         __builtin_memcpy(&w->k, &k, sizeof(k));
-        w->last = tick;
+        w->last = last;
+        w->last_rx = last_rx;
     }
 fill_socket_cache:
     if (e) {
         __builtin_memcpy(e->flow, (const u64 *)&k + 1, sizeof(e->flow));
         e->last = last;
+        e->last_rx = last_rx;
     }
     return 1;
+#undef STAMP
 }
 
 int sess_egress(struct __sk_buff *skb)

@@ -8,14 +8,18 @@ born and refreshed instead: cgroup_skb programs on the root cgroup v2 see only p
 sockets (any pod netns, and the host), and a packet first checks a 4-entry cache of the flows its
 socket used recently (socket-local storage: no hashing), then a small per-CPU set-associative cache
 of recently written flows; the session map is read or written only when a flow is in neither, that
-is when it is new or its last_seen is older than `granularity_s`. Only stable UAPI contexts are read
+is when it is new or the time its packet's direction refreshes (last_seen for a sent packet, last_rx
+for a received one) is older than `granularity_s`. Only stable UAPI contexts are read
 (__sk_buff, bpf_sock and the packet headers), never kernel-struct offsets, so it is correct whatever
 kernel headers are installed.
 
 What counts as a session: a (netns, protocol, local address/port, remote address/port) tuple of a
 UDP or TCP socket, as the packet on the wire carries it (so the source address the kernel chose for
 an unbound socket, and a destination rewritten by a socket-LB program, are what is counted).
-Sent and received packets both count, and a request and its reply are one session. Not counted:
+Sent and received packets both count, and a request and its reply are one session; besides its last
+packet either way (last_seen) a session keeps its last RECEIVED packet (last_rx), so a session that
+keeps sending but gets nothing back (a VPC/NAT session pinned to a dead path) shows even when its
+peer is on another node. Not counted:
 traffic that does not belong to a local socket (routed/forwarded packets, VMs on the node, packets
 dropped before a socket owns them, SYNs arriving at a listener: the server counts the session from
 its SYN-ACK), non-first IPv4 fragments, IPv6 packets whose ports sit behind extension headers, and
@@ -24,12 +28,15 @@ bpf_get_netns_cookie (it came in 2025; start() asks the verifier), the netns is 
 from its creation instead: sockets that existed before start() are attributed to netns cookie 0, and
 TCP request/timewait sockets are not counted.
 
-Times are CLOCK_MONOTONIC in the kernel (coarse, a few ms) and unix seconds in SessionStat;
-last_seen may lag a flow's last packet by up to two granularities (each CPU refreshes on its own).
+Times are CLOCK_MONOTONIC in the kernel (coarse, a few ms), read only when the map is written, and
+unix seconds in SessionStat; last_seen and last_rx may each lag the flow's last packet (of either
+direction, resp. received) by up to two granularities (each CPU refreshes on its own). The caches
+keep one stamp per direction, so a flow with packets both ways costs at most two map writes per
+granularity where it cost one; the per-packet check in front of them is the same either way.
 
-Memory: the session map allocates entries as they are used (~150 bytes each, at most max_sessions);
-every UDP/TCP socket that sends or receives gets ~250 bytes of socket-local storage (freed with the
-socket); the per-CPU caches take 112 KiB a CPU (16 MiB at most for the node).
+Memory: the session map allocates entries as they are used (~160 bytes each, at most max_sessions);
+every UDP/TCP socket that sends or receives gets ~280 bytes of socket-local storage (freed with the
+socket); the per-CPU caches take 128 KiB a CPU (16 MiB at most for the node).
 """
 from __future__ import annotations
 
@@ -97,7 +104,11 @@ class Flow:
 class SessionStat:
     flow: Flow
     first_seen: float     # unix seconds
-    last_seen: float      # unix seconds, refreshed at most once per granularity_s
+    last_seen: float      # unix seconds of the last packet either way, refreshed at most once per granularity_s
+    # unix seconds of the last packet RECEIVED on it (same clock and granularity as last_seen); None
+    # when none was received since the probe started, or when the probe does not count received
+    # packets (ingress=False)
+    last_rx: Optional[float] = None
 
 
 @dataclass
@@ -287,12 +298,12 @@ def _possible_cpus() -> int:
 
 
 _L2_BUDGET = 16 << 20    # bytes for the per-CPU flow caches of the whole node
-_L2_SET = 2 * 56         # two struct l2ent
+_L2_SET = 2 * 64         # two struct l2ent
 
 
 def _l2_bits(ncpu: int) -> int:
-    """log2 of the sets per CPU of the per-CPU flow cache (2 flows a set): 1024 sets (112 KiB a
-    CPU) unless that passes the node's 16 MiB budget (beyond 146 possible CPUs), never below 64."""
+    """log2 of the sets per CPU of the per-CPU flow cache (2 flows a set): 1024 sets (128 KiB a
+    CPU) unless that passes the node's 16 MiB budget (beyond 128 possible CPUs), never below 64."""
     fit = _L2_BUDGET // (_L2_SET * max(1, ncpu))
     return max(6, min(10, fit.bit_length() - 1))
 
@@ -378,8 +389,8 @@ class _Key(ctypes.Structure):
                 ("family", ctypes.c_uint8), ("pad", ctypes.c_uint16)]
 
 
-class _Val(ctypes.Structure):
-    _fields_ = [("first", ctypes.c_uint64), ("last", ctypes.c_uint64)]
+class _Val(ctypes.Structure):   # struct sval
+    _fields_ = [("first", ctypes.c_uint64), ("last", ctypes.c_uint64), ("last_rx", ctypes.c_uint64)]
 
 
 _KEY = struct.Struct("=Q16s16sHHBBH")   # struct skey, as _Key
@@ -397,11 +408,13 @@ class SessionProbe:
     close() detaches (also on process exit: the attachments are bpf links owned by this process).
 
     max_sessions bounds the kernel map (entries are allocated on use, ~150 bytes each);
-    granularity_s is how stale last_seen may be (one map write per flow per granularity);
+    granularity_s is how stale last_seen and last_rx may be (one map write per flow and direction per
+    granularity);
     retention_s: snapshot() deletes sessions idle longer than this, so the bounded map keeps room
     for new ones; keep it above the longest VPC aging window you ask `pressure` about.
     ingress=False counts sent packets only: sessions whose peer never gets a packet back (a UDP
-    receiver that never answers) are then missed, and received packets cost nothing.
+    receiver that never answers) are then missed, received packets cost nothing, and last_rx is
+    unknown (None).
     cgroup_path: the cgroup v2 directory to attach to (default: the hierarchy's root, all sockets).
     """
 
@@ -510,14 +523,14 @@ class SessionProbe:
             raise RuntimeError("SessionProbe is not started")
         return self._bpf[name.encode()]
 
-    def _entries(self) -> list[tuple[bytes, int, int]]:
-        """All sessions as (raw key, first ns, last ns), read in batches (BPF_MAP_LOOKUP_BATCH),
-        or by walking the keys on kernels without batch lookups for hash maps."""
+    def _entries(self) -> list[tuple[bytes, int, int, int]]:
+        """All sessions as (raw key, first ns, last ns, last_rx ns or 0), read in batches
+        (BPF_MAP_LOOKUP_BATCH), or by walking the keys on kernels without batch lookups for hash maps."""
         from bcc import libbcc
 
         fd = self._table("sessions").map_fd
         ksz, vsz = ctypes.sizeof(_Key), ctypes.sizeof(_Val)
-        out: list[tuple[bytes, int, int]] = []
+        out: list[tuple[bytes, int, int, int]] = []
         chunk = 4096
         keys, vals = (_Key * chunk)(), (_Val * chunk)()
         in_b, out_b, cnt = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -530,8 +543,8 @@ class SessionProbe:
             err = ctypes.get_errno()
             n = cnt.value
             kraw = ctypes.string_at(keys, n * ksz)
-            for i, (f, la) in enumerate(struct.iter_unpack("=QQ", ctypes.string_at(vals, n * vsz))):
-                out.append((kraw[i * ksz:(i + 1) * ksz], f, la))
+            for i, (f, la, rx) in enumerate(struct.iter_unpack("=QQQ", ctypes.string_at(vals, n * vsz))):
+                out.append((kraw[i * ksz:(i + 1) * ksz], f, la, rx))
             if res != 0:
                 if err == errno.ENOENT:
                     return out
@@ -545,8 +558,8 @@ class SessionProbe:
             in_b.value = out_b.value
             first = False
 
-    def _entries_walk(self) -> list[tuple[bytes, int, int]]:
-        return [(bytes(k), v.first, v.last) for k, v in self._table("sessions").items()]
+    def _entries_walk(self) -> list[tuple[bytes, int, int, int]]:
+        return [(bytes(k), v.first, v.last, v.last_rx) for k, v in self._table("sessions").items()]
 
     def _delete(self, keys: list[bytes]) -> None:
         from bcc import libbcc
@@ -561,15 +574,17 @@ class SessionProbe:
                     libbcc.lib.bpf_delete_elem(fd, ctypes.byref(arr, j * ctypes.sizeof(_Key)))
 
     def snapshot(self) -> list[SessionStat]:
-        """The sessions in the map, each with first/last seen as unix seconds. Sessions idle for
-        longer than retention_s are deleted from the map (and not returned)."""
+        """The sessions in the map, each with first/last seen and last received (last_rx; None
+        when nothing was received) as unix seconds. Sessions idle for longer than retention_s are
+        deleted from the map (and not returned)."""
         with self._lock:
             entries = self._entries()
             mono_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             wall = time.time()
             stale_ns = int(self.retention_s * 1e9)
             out, old = [], []
-            for raw, first, last in entries:
+            for raw, first, last, rx in entries:
+                last = max(last, rx)   # the kernel writes both together; racing CPUs may reorder them
                 if mono_ns - last > stale_ns:
                     old.append(raw)
                     continue
@@ -577,7 +592,8 @@ class SessionProbe:
                 flow = Flow(netns_cookie=netns, proto=proto, saddr=_addr(fam, laddr), sport=lport,
                             daddr=_addr(fam, raddr), dport=rport)
                 out.append(SessionStat(flow=flow, first_seen=wall - (mono_ns - first) / 1e9,
-                                       last_seen=wall - (mono_ns - last) / 1e9))
+                                       last_seen=wall - (mono_ns - last) / 1e9,
+                                       last_rx=wall - (mono_ns - rx) / 1e9 if rx and self.ingress else None))
             if old:
                 self._delete(old)
             return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -159,10 +160,15 @@ def test_udp_from_n_source_ports_is_n_sessions_of_the_client_netns(probe: Sessio
         # the kernel's monotonic stamps converted to unix time: a sanity window, not a timing claim
         assert t0 - 5 <= s.first_seen <= s.last_seen <= t1 + 5
 
-    # the receiving side is counted too, from the server's point of view
+    # the sink never answers: the client's sessions received nothing
+    assert [s.last_rx for s in got] == [None] * 20
+
+    # the receiving side is counted too, from the server's point of view, and it received
     srv = wait_for(probe, pair.server_cookie, 20, socket.IPPROTO_UDP)
     assert {(s.flow.saddr, s.flow.sport, s.flow.daddr) for s in srv} == {(SERVER_IP, 9000, CLIENT_IP)}
     assert {s.flow.dport for s in srv} == ports
+    for s in srv:
+        assert s.last_rx is not None and s.first_seen <= s.last_rx <= s.last_seen
 
 
 def test_repeated_sends_on_one_5_tuple_are_one_session(probe: SessionProbe, pair: Pair):
@@ -247,6 +253,147 @@ def test_last_seen_is_refreshed_and_idle_sessions_are_expired(pair: Pair):
         p.retention_s = 0.2
         time.sleep(0.5)
         assert mine(p, pair.client_cookie) == []
+    finally:
+        p.close()
+
+
+# -- per direction: the last packet received (last_rx) ------------------------------------------
+
+# answers every datagram, except from a source port that said "mute" (answered one last time)
+ECHO_UNLESS_MUTED = """
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", {port}))
+    muted = set()
+    print("ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(2048)
+        if data == b"mute":
+            muted.add(peer[1])
+            s.sendto(b"muted", peer)
+        elif peer[1] not in muted:
+            s.sendto(b"re:" + data, peer)
+"""
+
+# two sockets to one server; both answered, then "a" muted; then per line on stdin one round: "a" sends
+# (no answer comes), "b" asks and gets its answer. Socket timeouts are hang guards.
+TWO_CLIENTS = """
+    import json, socket, sys
+    def sock():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("{server}", {port}))
+        s.settimeout({guard})
+        return s
+    def ask(s, msg):
+        s.send(msg)
+        return s.recv(2048)
+    a, b = sock(), sock()
+    assert ask(a, b"hello") == b"re:hello" and ask(b, b"hello") == b"re:hello"
+    assert ask(a, b"mute") == b"muted"
+    print(json.dumps({{"a": a.getsockname()[1], "b": b.getsockname()[1]}}), flush=True)
+    for _ in sys.stdin:
+        a.send(b"still there?")
+        assert ask(b, b"ping") == b"re:ping"
+        print(json.dumps({{"round": 1}}), flush=True)
+    a.setblocking(False)
+    got = 0
+    try:
+        while a.recv(2048):
+            got += 1
+    except BlockingIOError:
+        pass
+    print(json.dumps({{"a_received_after_mute": got}}), flush=True)
+"""
+
+
+def _line(proc: subprocess.Popen) -> dict:
+    """The next JSON line of a child, waiting at most GUARD seconds."""
+    ready, _, _ = select.select([proc.stdout], [], [], GUARD)
+    if not ready:
+        pytest.fail(f"no line from the child within {GUARD} s")
+    line = proc.stdout.readline()
+    if not line:
+        pytest.fail(f"the child ended (exit code {proc.wait(GUARD)}) without a line")
+    return json.loads(line)
+
+
+def _one(stats: list[SessionStat], cookie: int, lport: int, rport: int) -> SessionStat:
+    got = [s for s in stats if s.flow.netns_cookie == cookie and s.flow.proto == socket.IPPROTO_UDP
+           and (s.flow.sport, s.flow.dport) == (lport, rport)]
+    assert len(got) == 1, got
+    return got[0]
+
+
+def test_last_rx_stops_on_a_session_that_gets_no_answers_while_its_last_seen_goes_on(pair: Pair):
+    """The stale-session case seen from the client's node: a long-lived 4-tuple keeps sending (its
+    last_seen goes on) but nothing comes back (its last_rx stands still), while another socket to the
+    same peer is answered (its last_rx goes on). Times are compared only in units of the probe's
+    granularity g: a refresh moves a stamp by at least g (the map is written only when the stored
+    stamp is g old), and two snapshots' conversions to unix time differ by far less."""
+    g = 0.1
+    p = _start(SessionProbe(granularity_s=g, retention_s=60))
+    try:
+        port = 9006
+        pair.serve(ECHO_UNLESS_MUTED.format(port=port))
+        cl = pair.lab.spawn(pair.client, [PY, "-c", textwrap.dedent(TWO_CLIENTS.format(
+            server=SERVER_IP, port=port, guard=GUARD))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ports = _line(cl)
+
+        def sessions() -> tuple[SessionStat, SessionStat, SessionStat]:
+            snap = p.snapshot()
+            return (_one(snap, pair.client_cookie, ports["a"], port),   # muted
+                    _one(snap, pair.client_cookie, ports["b"], port),   # answered
+                    _one(snap, pair.server_cookie, port, ports["a"]))   # the server's side of "a"
+
+        a0, b0, sa0 = sessions()
+        # both were answered, and "a" got its last answer ("muted") before this snapshot
+        assert a0.last_rx is not None and b0.last_rx is not None and sa0.last_rx is not None
+        for s in (a0, b0, sa0):
+            assert s.first_seen <= s.last_rx <= s.last_seen
+
+        def moved(after: float, before: float) -> bool:
+            return after - before >= g / 2
+
+        end = time.monotonic() + GUARD
+        rounds = 0
+        while True:
+            cl.stdin.write("round\n")
+            cl.stdin.flush()
+            assert "round" in _line(cl)
+            rounds += 1
+            a, b, sa = sessions()
+            if (moved(a.last_seen, a0.last_seen) and moved(b.last_rx, b0.last_rx) and moved(sa.last_rx, sa0.last_rx))                     or time.monotonic() > end:
+                break
+            time.sleep(g / 4)
+        cl.stdin.close()
+        assert _line(cl) == {"a_received_after_mute": 0}   # the server kept to it
+
+        assert moved(a.last_seen, a0.last_seen), (rounds, a0, a)        # "a" kept sending...
+        assert not moved(a.last_rx, a0.last_rx) and not moved(a0.last_rx, a.last_rx), (a0, a)  # ...got nothing
+        assert moved(b.last_rx, b0.last_rx), (rounds, b0, b)            # "b" to the same peer is answered
+        assert moved(sa.last_rx, sa0.last_rx), (rounds, sa0, sa)        # the server receives what "a" sends
+        # the gap the doctor looks for, here at least one granularity (last_seen moved past last_rx)
+        assert a.last_seen - a.last_rx >= g / 2
+        assert b.last_rx <= b.last_seen and sa.last_rx <= sa.last_seen
+    finally:
+        p.close()
+
+
+def test_without_ingress_last_rx_is_unknown(pair: Pair):
+    p = _start(SessionProbe(ingress=False))
+    try:
+        pair.serve(ECHO_UNLESS_MUTED.format(port=9007))
+        out = pair.py(pair.client, f"""
+            import json, socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(("{SERVER_IP}", 9007))
+            s.settimeout({GUARD})
+            s.send(b"q")
+            assert s.recv(64) == b"re:q"
+            print(json.dumps({{"port": s.getsockname()[1]}}))
+        """)
+        got = wait_for(p, pair.client_cookie, 1, socket.IPPROTO_UDP)
+        assert [(s.flow.sport, s.last_rx) for s in got] == [(out["port"], None)]
     finally:
         p.close()
 

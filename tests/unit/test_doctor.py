@@ -529,3 +529,64 @@ def test_sessions_are_named_after_the_namespace_of_their_cookie():
 def _long_lived_at(cookie: int) -> Session:
     return Session(netns=cookie, proto=17, saddr="203.0.113.5", sport=5060, daddr="198.51.100.20", dport=5060,
                    first_seen=NOW - 7200, last_seen=NOW - 1)
+
+
+def test_a_stale_session_on_a_real_node_is_found_from_the_agents_last_rx():
+    """On a real node the peer is remote, so the probe has no reverse sessions to tell replies by; it
+    keeps when each session last received a packet (last_rx), the agent's gRPC Session carries it,
+    and the doctor reads it through Session.last_rx. A long-lived session that last received 60 s
+    ago, while two newer flows to the same peer receive now, is the stale session."""
+    pytest.importorskip("grpc")
+    from dataplane.api import moor_pb2 as pb
+    from dataplane.api.server import AgentService
+    from dataplane.probe.sessions import Flow, SessionStat
+    from dataplane.probe.sessions import pressure as probe_pressure
+
+    t = time.time()
+    peer = ("198.51.100.20", 5060)
+    old = SessionStat(Flow(81, 17, "203.0.113.5", 5060, *peer), first_seen=t - 3600, last_seen=t - 1,
+                      last_rx=t - 60)
+    newer = [SessionStat(Flow(81, 17, "203.0.113.5", 40000 + i, *peer), first_seen=t - 20, last_seen=t - 1,
+                         last_rx=t - 1) for i in (1, 2)]
+    stats = [old, *newer]
+
+    class View:  # moord's view of its probe, as the API server asks it
+        def session_snapshot(self):
+            return probe_pressure(stats, t, 30.0, 0), stats, 0, ""
+
+        def pods(self):
+            return {}, {}
+
+    reply = pb.SessionsReply.FromString(AgentService(View())._sessions(True).SerializeToString())
+    assert [(s.sport, s.last_rx) for s in reply.sessions] == [(5060, t - 60), (40001, t - 1), (40002, t - 1)]
+    assert [(s.sport, s.last_rx) for s in reply.long_lived] == [(5060, t - 60)]
+    assert not any((s.saddr, s.sport) == peer for s in reply.sessions)  # no reverse sessions: the peer is remote
+
+    class Agent:  # what netdiag's AgentSource hands to gather(): the reply's messages as they are
+        name = "agent"
+
+        def counters(self):
+            return snap(noise())
+
+        def drops(self):
+            return []
+
+        def rcvbuf(self):
+            return []
+
+        def sessions(self):
+            return list(reply.sessions)
+
+        def pressure(self):
+            return reply
+
+        def unavailable(self):
+            return []
+
+    ev = gather(Agent())
+    assert [s.last_rx for s in ev.sessions] == [t - 60, t - 1, t - 1]
+    f = first(ev)
+    assert (f.cause, f.severity) == ("stale-session", 5)
+    assert "203.0.113.5:5060 → 198.51.100.20:5060" in f.title
+    assert f.unit == "seconds" and f.volume == 59
+    assert any("2 newer flow(s) to 198.51.100.20:5060 get replies" in e for e in f.evidence)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.probe.sessions import (_KEY, Flow, Pressure, SessionStat, _addr, _Key, _l2_bits, _slope, _Val,
-                                      pressure)
+from dataplane.probe.sessions import (_KEY, Flow, Pressure, SessionProbe, SessionStat, _addr, _Key, _l2_bits,
+                                      _slope, _Val, pressure)
 
 NOW = 1_700_000_000.0
 AGING = 300.0
@@ -195,8 +196,9 @@ def test_slope_of_a_line_is_exact(rate, start, offsets):
 
 
 def test_kernel_key_and_value_layout_match_the_bpf_structs():
-    # struct skey / struct sval in sessions.bpf.c: u64, u32[4] x2, u16 x2, u8 x2, u16 pad; u64 x2
-    assert ctypes.sizeof(_Key) == 48 and ctypes.sizeof(_Val) == 16
+    # struct skey / struct sval in sessions.bpf.c: u64, u32[4] x2, u16 x2, u8 x2, u16 pad; u64 x3
+    assert ctypes.sizeof(_Key) == 48 and ctypes.sizeof(_Val) == 24
+    assert [_Val.__dict__[n].offset for n in ("first", "last", "last_rx")] == [0, 8, 16]
     assert [(_Key.__dict__[n].offset) for n in ("netns", "laddr", "raddr", "lport", "rport", "proto", "family")] \
         == [0, 8, 24, 40, 42, 44, 45]
 
@@ -216,4 +218,40 @@ def test_per_cpu_cache_size_keeps_to_the_node_budget():
     assert _l2_bits(1) == _l2_bits(2) == _l2_bits(64) == 10
     assert _l2_bits(128) == 10 and _l2_bits(256) == 9 and _l2_bits(100_000) == 6
     for n in (1, 2, 64, 128, 256, 1024):
-        assert (1 << _l2_bits(n)) * 112 * n <= 16 << 20 or _l2_bits(n) == 6
+        assert (1 << _l2_bits(n)) * 128 * n <= 16 << 20 or _l2_bits(n) == 6   # 2 x struct l2ent (64 B)
+
+
+def _raw_key(lport: int, rport: int) -> bytes:
+    k = _Key(netns=5, lport=lport, rport=rport, proto=17, family=4)
+    k.laddr[0] = int.from_bytes(bytes([192, 0, 2, 1]), "little")
+    k.raddr[0] = int.from_bytes(bytes([192, 0, 2, 2]), "little")
+    return bytes(k)
+
+
+@pytest.mark.parametrize("ingress", [True, False])
+def test_snapshot_converts_last_rx_and_keeps_none_for_never_received(ingress):
+    """snapshot() on the kernel's values (CLOCK_MONOTONIC ns; last_rx 0 = nothing received): last_rx
+    in unix seconds like last_seen, None when nothing was received or when received packets are not
+    counted (ingress=False); last_seen is never before last_rx."""
+    probe = SessionProbe(ingress=ingress, retention_s=100)
+    mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    s = 1_000_000_000
+    rows = [(_raw_key(1000, 53), mono - 50 * s, mono - 1 * s, mono - 30 * s),   # answered 30 s ago
+            (_raw_key(1001, 53), mono - 50 * s, mono - 2 * s, 0),               # never answered
+            (_raw_key(1002, 53), mono - 50 * s, mono - 3 * s, mono - 2 * s),    # rx written after last
+            (_raw_key(1003, 53), mono - 500 * s, mono - 200 * s, mono - 200 * s)]   # past retention
+    probe._entries = lambda: rows
+    deleted = []
+    probe._delete = deleted.extend
+    wall = time.time()
+    got = {x.flow.sport: x for x in probe.snapshot()}
+    assert sorted(got) == [1000, 1001, 1002] and deleted == [rows[3][0]]
+    assert got[1000].last_seen == pytest.approx(wall - 1, abs=0.5)
+    if ingress:
+        assert got[1000].last_rx == pytest.approx(wall - 30, abs=0.5)
+        assert got[1000].last_seen - got[1000].last_rx == pytest.approx(29, abs=1e-6)
+        assert got[1002].last_rx == got[1002].last_seen == pytest.approx(wall - 2, abs=0.5)
+    else:
+        assert got[1000].last_rx is None and got[1002].last_rx is None
+    assert got[1001].last_rx is None
+    assert SessionStat(Flow(1, 17, "192.0.2.1", 1, "192.0.2.2", 2), 0.0, 0.0).last_rx is None   # the default

@@ -69,8 +69,8 @@ def find(ctx: Context) -> None:
             where="node", severity=1, volume=len(quiet), unit="sessions", scope="flow",
             evidence=[f"oldest: {oldest.text()}" + (f" in {oldest.where}" if oldest.where else "")
                       + f", alive for {dur(now - oldest.first_seen)}; session aging {p.aging_s:g} s",
-                      "no drops seen on them; whether they get replies is not visible (the probe counts a "
-                      "request and its reply as one session)"],
+                      "no drops seen on them; whether they get replies is not visible from this source (it "
+                      "does not tell a session's directions apart; moord's probe does)"],
             remedy=["if one of these services broke after a route change: " + _STALE_REMEDY[0]]
             + list(_STALE_REMEDY[1:])))
 
