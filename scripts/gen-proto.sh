@@ -3,4 +3,4 @@
 # The generated modules are committed, so nodes need only grpcio and protobuf at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. dataplane/api/moor.proto
+${PYTHON:-.venv/bin/python} -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. dataplane/api/moor.proto

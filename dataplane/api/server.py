@@ -20,13 +20,26 @@ def _pod(refs: dict, key: int) -> str:
     return ref.pod if ref is not None else ""
 
 
+
+def _version() -> str:
+    import platform
+    try:
+        from importlib.metadata import version
+        moor = version("moor")
+    except Exception:  # run from a checkout that is not installed
+        moor = "unknown"
+    return f"moor {moor}, kernel {platform.release()}"
+
+
+_VERSION = _version()
+
 class AgentService(rpc.AgentServicer):
     def __init__(self, view: AgentView):
         self.view = view
 
     async def Health(self, request, context):
         comps = self.view.health()
-        return pb.HealthReply(ok=all(c.ok for c in comps), started=self.view.started,
+        return pb.HealthReply(ok=all(c.ok for c in comps), started=self.view.started, version=_VERSION,
                               restarted=self.view.restarted, forwarding=self.view.forwarding,
                               components=[pb.Component(name=c.name, ok=c.ok, detail=c.detail) for c in comps])
 

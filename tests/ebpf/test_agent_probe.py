@@ -185,3 +185,4 @@ def test_status_through_the_agent_names_its_probes_and_sessions(tmp_path):
         a = doc["agent"]
         assert a["reachable"] and {c["name"] for c in a["components"]} >= {"bgp", "probe.drops", "probe.sessions"}
         assert any("per-flow drops" in x for x in doc["sees"]) and doc["versions"]["bcc"]
+        assert a["version"].startswith("moor ") and "kernel" in a["version"]
