@@ -435,6 +435,26 @@ class Case:
         self.procs.append(t)
         return t
 
+    def pair(self, role: str, tx_addr: str, rx_addr: str, tx_dev: str = "") -> tuple[str, str]:
+        """A sender and a receiver namespace joined by one veth (`<role>-tx0`, `<role>-rx0`), /24s."""
+        tx, rx = self.ns(f"{role}-tx"), self.ns(f"{role}-rx")
+        tx_dev = tx_dev or f"{role}-tx0"
+        self.lab.veth(tx, tx_dev, rx, f"{role}-rx0")
+        self.lab.addr(tx, tx_dev, f"{tx_addr}/24")
+        self.lab.addr(rx, f"{role}-rx0", f"{rx_addr}/24")
+        return tx, rx
+
+    def run_for(self, seconds: float, diagnose: bool, after: float = 1.0) -> Optional[dict]:
+        """Let the traffic that is running go on for `seconds`, asking the doctor `after` seconds
+        in (the loss is going on then); the doctor's finding for the case, or None."""
+        t0 = time.monotonic()
+        f = None
+        if diagnose:
+            time.sleep(after)
+            f = self.diagnose()
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        return f
+
     def forwarding(self, ns: str) -> None:
         self.lab.run(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
                      "net.ipv4.conf.default.rp_filter=0")

@@ -13,7 +13,6 @@ failures. Remedy: datagrams that fit one packet (no fragments, nothing for the g
 from __future__ import annotations
 
 import re
-import time
 from typing import Optional
 
 from ..loss import NFT, Case
@@ -120,12 +119,7 @@ class FragmentGateway(Case):
                    f"{frags} fragments each on the {MTU}-byte MTU") +
                   f"; every other one has 0x{self.pattern.upper()} at data offset {offset(o.fragment)} (bytes 2-3 "
                   f"after the IP header of fragment {o.fragment}), {o.seconds:g} s")
-        t0 = time.monotonic()
-        f = None
-        if diagnose:
-            time.sleep(1.5)
-            f = self.diagnose()
-        time.sleep(max(0.0, o.seconds - (time.monotonic() - t0)))
+        f = self.run_for(o.seconds, diagnose, after=1.5)
         st = send.stop()
         got = self.settle(recv)
         recv.stop()

@@ -9,7 +9,6 @@ rate is well below the link's. Remedy: the queue limit the doctor prints (`tc qd
 run as printed."""
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 from ..loss import Case, remedy_commands
@@ -42,10 +41,7 @@ class HostQueue(Case):
         return None
 
     def build(self) -> None:
-        self.tx, self.rx = self.ns("hq-tx"), self.ns("hq-rx")
-        self.lab.veth(self.tx, DEV, self.rx, "hq-rx0")
-        self.lab.addr(self.tx, DEV, f"{TX}/24")
-        self.lab.addr(self.rx, "hq-rx0", f"{RX}/24")
+        self.tx, self.rx = self.pair("hq", TX, RX, tx_dev=DEV)
         self.lab.run(self.tx, "tc", "qdisc", "replace", "dev", DEV, "root", "handle", "1:", "tbf", "rate", self.o.shaper,
                      "burst", "1600", "limit", "3000")
         self.lab.run(self.tx, "tc", "qdisc", "add", "dev", DEV, "parent", "1:1", "pfifo", "limit", str(self.o.limit))
@@ -62,12 +58,7 @@ class HostQueue(Case):
         self.info(f"sender in {self.tx}: bursts of {o.burst} datagrams of {o.size} B, {o.rate}/s "
                   f"({o.rate * (o.size + 28) * 8 / 1000:.0f} kbit/s on average), {o.seconds:g} s; qdiscs on {DEV}: "
                   f"{self.qdiscs()}")
-        t0 = time.monotonic()
-        f = None
-        if diagnose:
-            time.sleep(1.0)
-            f = self.diagnose()
-        time.sleep(max(0.0, o.seconds - (time.monotonic() - t0)))
+        f = self.run_for(o.seconds, diagnose)
         sent = send.stop()["sent"]
         got = self.settle(recv, quiet=0.6)["received"]  # the shaper drains its queue
         recv.stop()

@@ -9,7 +9,6 @@ address and port the doctor names."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Optional
 
 from ..loss import Case
@@ -37,21 +36,13 @@ class NoListener(Case):
         return None
 
     def build(self) -> None:
-        self.tx, self.rx = self.ns("nl-tx"), self.ns("nl-rx")
-        self.lab.veth(self.tx, "nl-tx0", self.rx, "nl-rx0")
-        self.lab.addr(self.tx, "nl-tx0", f"{TX}/24")
-        self.lab.addr(self.rx, "nl-rx0", f"{RX}/24")
+        self.tx, self.rx = self.pair("nl", TX, RX)
 
     def measure(self, recv, diagnose: bool) -> tuple[float, Optional[dict]]:
         o = self.o
         send = self.traffic(self.tx, "sender", "send", "--dst", RX, "--port", o.port, "--rate", o.rate, "--burst", 3)
         self.info(f"sender in {self.tx}: {o.rate}/s to {RX}:{o.port}, {o.seconds:g} s")
-        t0 = time.monotonic()
-        f = None
-        if diagnose:
-            time.sleep(1.0)
-            f = self.diagnose()
-        time.sleep(max(0.0, o.seconds - (time.monotonic() - t0)))
+        f = self.run_for(o.seconds, diagnose)
         sent = send.stop()["sent"]
         got = self.settle(recv)["received"] if recv is not None else 0
         lost = 1 - got / sent if sent else 0.0

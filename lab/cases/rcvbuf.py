@@ -9,7 +9,6 @@ Remedy: the receiver restarted with the SO_RCVBUF the doctor names."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Optional
 
 from ..loss import Case, remedy_commands
@@ -41,10 +40,7 @@ class Rcvbuf(Case):
         return None
 
     def build(self) -> None:
-        self.tx, self.rx = self.ns("rb-tx"), self.ns("rb-rx")
-        self.lab.veth(self.tx, "rb-tx0", self.rx, "rb-rx0")
-        self.lab.addr(self.tx, "rb-tx0", f"{TX}/24")
-        self.lab.addr(self.rx, "rb-rx0", f"{RX}/24")
+        self.tx, self.rx = self.pair("rb", TX, RX)
 
     def measure(self, rcvbuf: int, diagnose: bool) -> tuple[float, Optional[dict]]:
         o = self.o
@@ -54,12 +50,7 @@ class Rcvbuf(Case):
         send = self.traffic(self.tx, "sender", "send", "--dst", RX, "--port", PORT, "--rate", o.rate,
                             "--burst", o.burst, "--size", o.size)
         self.info(f"sender in {self.tx}: {o.rate}/s in bursts of {o.burst} datagrams of {o.size:,} B, {o.seconds:g} s")
-        t0 = time.monotonic()
-        f = None
-        if diagnose:
-            time.sleep(1.0)
-            f = self.diagnose()
-        time.sleep(max(0.0, o.seconds - (time.monotonic() - t0)))
+        f = self.run_for(o.seconds, diagnose)
         sent = send.stop()["sent"]
         got = self.settle(recv)["received"]
         recv.stop()

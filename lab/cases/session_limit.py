@@ -99,11 +99,7 @@ class SessionLimit(Case):
                   f"requests/s in all, {o.seconds:g} s")
         time.sleep(1.5)  # every flow has sent a few requests: its session exists (or was refused)
         cl.ask("reset")
-        t0 = time.monotonic()
-        f = None
-        if diagnose:
-            f = self.diagnose()
-        time.sleep(max(0.0, o.seconds - (time.monotonic() - t0)))
+        f = self.run_for(o.seconds, diagnose, after=0.0)
         cl.ask("pause")
         time.sleep(0.5)  # the last answers arrive
         st = cl.stop()

@@ -270,6 +270,21 @@ def test_nothing_wrong_is_no_finding():
     assert diagnose(Evidence(snapshot=snap(ns("quiet", 1), ns("calm", 2)), now=NOW)) == []
 
 
+@dataclasses.dataclass
+class Source:
+    """A data source (evidence.Source) that answers with what it was given."""
+    snapshot: Snapshot
+    drops: list = dataclasses.field(default_factory=list)
+    sessions: list = dataclasses.field(default_factory=list)
+    pressure: object = None
+    name: str = "test"
+
+    def __post_init__(self):
+        given = (self.snapshot, self.drops, self.sessions, self.pressure)
+        self.counters, self.drops, self.sessions, self.pressure = (lambda v=v: v for v in given)
+        self.rcvbuf = self.unavailable = lambda: []
+
+
 # -- ranking ---------------------------------------------------------------------------------------
 
 
@@ -345,29 +360,12 @@ def test_asked_about_one_namespace_its_cause_comes_first_on_a_busy_node():
 def test_since_keeps_only_drops_the_probe_saw_in_the_window():
     from dataplane.netdiag.evidence import gather
 
-    class Src:
-        name = "test"
-
-        def counters(self):
-            return snap(ns("a", 1))
-
-        def drops(self):
-            return [_flow("SOCKET_RCVBUFF", 1, "198.51.100.2", "198.51.100.1", 5001, 900, last=time.time() - 300),
-                    _flow("NO_SOCKET", 1, "198.51.100.2", "198.51.100.1", 53, 9, last=time.time() - 5)]
-
-        def rcvbuf(self):
-            return []
-
-        def sessions(self):
-            return []
-
-        def pressure(self):
-            return None
-
-        def unavailable(self):
-            return []
-    assert [f.cause for f in diagnose(gather(Src()))] == ["rcvbuf", "no-listener"]
-    assert [f.cause for f in diagnose(gather(Src(), since=60))] == ["no-listener"]
+    def src():
+        return Source(snap(ns("a", 1)), drops=[
+            _flow("SOCKET_RCVBUFF", 1, "198.51.100.2", "198.51.100.1", 5001, 900, last=time.time() - 300),
+            _flow("NO_SOCKET", 1, "198.51.100.2", "198.51.100.1", 53, 9, last=time.time() - 5)])
+    assert [f.cause for f in diagnose(gather(src()))] == ["rcvbuf", "no-listener"]
+    assert [f.cause for f in diagnose(gather(src(), since=60))] == ["no-listener"]
 
 
 # -- adapters from the probe's types ---------------------------------------------------------------
@@ -501,27 +499,9 @@ def test_the_session_table_is_about_the_namespaces_whose_sessions_fill_it():
 def test_sessions_are_named_after_the_namespace_of_their_cookie():
     from dataplane.netdiag.evidence import gather
 
-    class Src:
-        name = "test"
-
-        def counters(self):
-            return snap(ns("voip", 5, cookie=81))
-
-        def drops(self):
-            return []
-
-        def rcvbuf(self):
-            return []
-
-        def sessions(self):
-            return [_long_lived_at(81)]
-
-        def pressure(self):
-            return SessionPressure(active=1, limit=0, long_lived=[_long_lived_at(81)], aging_s=30)
-
-        def unavailable(self):
-            return []
-    ev = gather(Src(), scoped=True)
+    src = Source(snap(ns("voip", 5, cookie=81)), sessions=[_long_lived_at(81)],
+                 pressure=SessionPressure(active=1, limit=0, long_lived=[_long_lived_at(81)], aging_s=30))
+    ev = gather(src, scoped=True)
     assert ev.sessions[0].where == "netns voip" and ev.sessions[0].inode == 5
     assert ev.pressure.long_lived[0].inode == 5
 
