@@ -168,6 +168,16 @@ def test_an_invalid_next_hop_withdraws_the_route_and_keeps_the_session(bad, capl
     run(main())
 
 
+async def listening_peer():
+    """A peer that listens for the speaker's connections: (accepted Peers, the server, its port)."""
+    accepted: asyncio.Queue = asyncio.Queue()
+
+    async def on_conn(r, w):
+        await accepted.put(Peer(r, w))
+    port = free_port()
+    return accepted, await asyncio.start_server(on_conn, PEER, port), port
+
+
 def test_an_ipv6_next_hop_that_is_ours_or_unusable_is_treat_as_withdraw():
     async def main():
         port = free_port()
@@ -369,12 +379,7 @@ def test_after_the_idle_hold_the_peer_is_accepted_again():
 
 def test_over_the_prefix_limit_we_do_not_reconnect_during_the_idle_hold():
     async def main():
-        accepted: asyncio.Queue = asyncio.Queue()
-
-        async def on_conn(r, w):
-            await accepted.put(Peer(r, w))
-        peer_port = free_port()
-        server = await asyncio.start_server(on_conn, PEER, peer_port)
+        accepted, server, peer_port = await listening_peer()
         sp = speaker(free_port(), passive=False, peer_port=peer_port, max_prefixes=1, max_prefixes_idle_s=60.0)
         await sp.start()
         try:
@@ -466,12 +471,7 @@ def test_a_newer_pending_connection_replaces_the_older(while_established):
 
 def test_a_failing_route_callback_ends_the_session_with_cease_and_we_reconnect():
     async def main():
-        accepted: asyncio.Queue = asyncio.Queue()
-
-        async def on_conn(r, w):
-            await accepted.put(Peer(r, w))
-        peer_port = free_port()
-        server = await asyncio.start_server(on_conn, PEER, peer_port)
+        accepted, server, peer_port = await listening_peer()
         sp = speaker(free_port(), passive=False, peer_port=peer_port)
         calls = []
 
