@@ -28,6 +28,7 @@ from dataplane.api.client import AgentClient
 from dataplane.nslab import Lab
 from lab.bird import Bird
 from tests.helpers import REPO
+from tests.interop.conftest import wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 is not installed")]
 
@@ -169,11 +170,10 @@ def fabric(tmp_path):
         # without -v: a line per route would be 100,000 lines per burst; losses are warnings
         f.agent = lab.spawn(node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp_path / "moord.yaml")],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "moord.log", "w"))
-        deadline = time.monotonic() + 30
-        while f.session()[0] != "Established":
-            assert time.monotonic() < deadline, "BIRD never Established with moord: " + \
-                (tmp_path / "moord.log").read_text()[-2000:]
-            time.sleep(0.2)
+        try:
+            wait_for(lambda: f.session()[0] == "Established", timeout=30, what="BIRD Established with moord")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}: {(tmp_path / 'moord.log').read_text()[-2000:]}") from None
 
         # the agent's API is served on its event loop, so a slow answer is a loop stall: a probe
         # process (not a thread here, which would wait for this process's own work) asks it
