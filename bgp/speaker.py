@@ -36,7 +36,7 @@ class Speaker:
         self._user_received = on_received or (lambda r: None)
         self._user_state = on_state or (lambda p, s: None)
         for p in peers:
-            p.address = _canonical(p.address)
+            p.address = canonical(p.address)
         self.sessions = {p.address: Session(local, p, self.rib_out, self._received, self._state, self._down)
                          for p in peers}
         if not ipaddress.ip_address(listen).is_unspecified:
@@ -148,7 +148,7 @@ class Speaker:
         if not peername:  # reset before it was accepted
             writer.close()
             return
-        addr = _canonical(peername[0])
+        addr = canonical(peername[0])
         session = self.sessions.get(addr)
         if session is None:  # only configured peers are accepted
             log.warning("connection from unconfigured %s refused", addr)
@@ -189,7 +189,7 @@ class Speaker:
             self._cancel_timer(peer)
 
 
-def _canonical(address: str) -> str:
+def canonical(address: str) -> str:
     """One spelling per address: compressed, lower case, IPv4-mapped IPv6 as IPv4, no zone."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if ip.version == 6 and ip.ipv4_mapped is not None:

@@ -109,6 +109,8 @@ class Mode:
         ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
         for seen in self.store.all(self.conf.name):
             if (seen.container_id, seen.ifname) in valid:
+                if not seen.gc_seen and not self.store.has_temp(seen):
+                    continue  # nothing to mend: no lock taken, no record read again
                 with self.store.attachment_lock(seen.network, seen.container_id, seen.ifname, wait=False) as lock:
                     if lock is None:
                         continue

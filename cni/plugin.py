@@ -58,9 +58,11 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
                 # gave up waiting) waits for it and then undoes it, so the pod's interface, routes
                 # and IP are either all there or all gone
                 with plugin.store.attachment_lock(conf.name, env.container_id, env.ifname) as lock:
+                    added = False
                     try:
                         if env.command == "ADD":
                             result = plugin.add(steps)
+                            added = True  # its record exists: no need to look
                             return json.dumps(result.to_dict(conf.cni_version)).encode() + b"\n", 0
                         if env.command == "DEL":
                             plugin.delete()
@@ -68,7 +70,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
                             plugin.check()
                         return b"", 0
                     finally:
-                        if plugin.forgotten():
+                        if not added and plugin.forgotten():
                             lock.discard()  # nothing of the attachment is left: neither is its lock file
             if env.command == "GC":
                 plugin.gc()

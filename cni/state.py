@@ -106,6 +106,10 @@ class Store:
                 if e.errno != errno.ENAMETOOLONG:
                     raise _io_error("remove", path, e) from e
 
+    def has_temp(self, att: Attachment) -> bool:
+        """A writer of this record was killed mid-write: its temp file is still there."""
+        return os.path.exists(self._path(att.network, att.container_id, att.ifname) + ".tmp")
+
     def drop_temp(self, att: Attachment) -> None:
         """A killed writer's temp file of this record (call with the attachment's lock held)."""
         with contextlib.suppress(FileNotFoundError):

@@ -31,7 +31,7 @@ import yaml
 
 from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
-from bgp.speaker import Speaker
+from bgp.speaker import Speaker, canonical
 
 from . import metrics as metrics_server
 from . import restart
@@ -275,13 +275,12 @@ def _peer(p, where: str, local: LocalConfig) -> PeerConfig:
     password = s.get("password", str, "")
     if len(password.encode()) > 80:
         raise ConfigError(f"{where}.password is longer than 80 bytes (the kernel's TCP MD5 limit)")
-    kw = {}
-    kw["max_prefixes"] = s.int_in("maxPrefixes", 0, 0xFFFFFFFF, 0, what=" (0: no limit)")
     return PeerConfig(address=address, asn=s.int_in("asn", 1, 0xFFFFFFFF, required=True, what=" (a 4-byte AS number)"),
                       passive=s.get("passive", bool, False), port=s.int_in("port", 1, 65535, 179),
                       hold_time=s.hold_time("holdTime", local.hold_time), communities=tuple(comms),
                       password=password, ttl_security=s.get("ttlSecurity", bool, False),
-                      graceful_restart=s.get("gracefulRestart", bool, False), **kw)
+                      graceful_restart=s.get("gracefulRestart", bool, False),
+                      max_prefixes=s.int_in("maxPrefixes", 0, 0xFFFFFFFF, 0, what=" (0: no limit)"))
 
 
 def load(text: str) -> AgentConfig:
@@ -312,9 +311,7 @@ def load(text: str) -> AgentConfig:
     # IPv6 address other than :: takes no IPv4 one
     accepts = {4} if listen_ip.version == 4 else {4, 6} if listen_ip.is_unspecified else {6}
     for i, p in enumerate(peers):
-        ip = ipaddress.ip_address(p.address.split("%")[0])
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = ipaddress.ip_address(canonical(p.address))  # the speaker's own spelling of a peer
         if ip in seen:
             raise ConfigError(f"bgp.peers[{i}].address {p.address}: appears twice (also bgp.peers[{seen[ip]}])")
         seen[ip] = i

@@ -63,7 +63,9 @@ class Lab:
     def ping(self, ns: str, dst: str, count: int = 1, timeout: int = 2) -> bool:
         return self.run(ns, "ping", "-c", str(count), "-W", str(timeout), dst, check=False).returncode == 0
 
-    def close(self) -> None:
+    def close(self, close_pipes: bool = False) -> None:
+        """Stop the processes started here, then remove the namespaces; `close_pipes`: also close
+        those processes' pipes (for callers that read nothing from them afterwards)."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -72,6 +74,10 @@ class Lab:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+            if close_pipes:
+                for f in (p.stdin, p.stdout, p.stderr):
+                    if f is not None:
+                        f.close()
         self.procs.clear()
         # deleting a netns destroys its links (and the veth peers in other namespaces)
         for ns in reversed(self.namespaces):

@@ -127,18 +127,6 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
-def _attrs(body: bytes, off: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    end = len(body)
-    while off + 4 <= end:
-        ln, kind = struct.unpack_from("=HH", body, off)
-        if ln < 4:
-            break
-        out[kind & 0x3FFF] = body[off + 4:off + ln]
-        off += (ln + 3) & ~3
-    return out
-
-
 def _hop_oifs(data: bytes) -> tuple[int, ...]:
     out, off = [], 0
     while off + w.RTNEXTHOP.size <= len(data):
@@ -161,7 +149,7 @@ def parse_route_msg(body: bytes):
     fam, dlen, _sl, tos, tbl, proto, _scope, rtype, rflags = _RTMSG.unpack_from(body)
     if rtype != w.RTN_UNICAST or fam not in (socket.AF_INET, socket.AF_INET6) or rflags & RTM_F_CLONED:
         return None  # RTM_F_CLONED: a cached exception (PMTU), not a route in the table
-    a = _attrs(body, _RTMSG.size)
+    a = w.parse_attrs(body[_RTMSG.size:])
     if w.RTA_TABLE in a:
         tbl = _U32.unpack_from(a[w.RTA_TABLE])[0]
     raw = a.get(w.RTA_DST) or (b"\0" * (4 if fam == socket.AF_INET else 16))
@@ -244,13 +232,7 @@ class TableDump:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
                 return False
-            off, end = 0, len(data)
-            while off + _HDR_LEN <= end:
-                ln, mtype, flags, seq, _pid = _HDR.unpack_from(data, off)
-                if ln < _HDR_LEN:
-                    break
-                body = data[off + _HDR_LEN:off + ln]
-                off += (ln + 3) & ~3
+            for mtype, flags, seq, body, _next in w.iter_msgs(data):
                 if seq != self._seq:
                     continue
                 if flags & w.NLM_F_DUMP_INTR:
@@ -465,13 +447,7 @@ class RouteWatch:
 
     def _apply(self, data: bytes) -> None:
         """Apply one datagram of events (one message each, from the kernel's multicast)."""
-        off, end = 0, len(data)
-        while off + _HDR_LEN <= end:
-            ln, mtype, flags, _seq, _pid = _HDR.unpack_from(data, off)
-            if ln < _HDR_LEN:
-                break
-            body = data[off + _HDR_LEN:off + ln]
-            off += (ln + 3) & ~3
+        for mtype, flags, _seq, body, off in w.iter_msgs(data):
             self.events += 1
             if mtype == w.RTM_NEWROUTE or mtype == w.RTM_DELROUTE:
                 p = parse_route_msg(body)
@@ -495,7 +471,7 @@ class RouteWatch:
             if (mtype == w.RTM_DELLINK or (mtype == w.RTM_NEWLINK and not iflags & w.IFF_UP)) \
                     and index in self.by_oif:
                 self._link_gone(index)
-                if self._job is not None and off < end:  # the rest waits for the job
+                if self._job is not None and off < len(data):  # the rest waits for the job
                     self._queue.appendleft(data[off:])
                     return
 

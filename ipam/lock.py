@@ -2,10 +2,9 @@
 confirmation are one unit; a DEL or GC waits for it), on the node-local lock of cni.lock."""
 from __future__ import annotations
 
-import fcntl
 import os
 
-from cni.lock import digest, held, sweep
+from cni.lock import AttachmentLock, digest, held, sweep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,18 +21,11 @@ def attachment(conf: IPAMConf, container_id: str, ifname: str):
 
 def busy(conf: IPAMConf, container_id: str, ifname: str) -> bool:
     """Whether an ADD or DEL of the attachment is running now (its lock is held elsewhere)."""
-    path = os.path.join(_dir(conf), f"att-{digest(conf.network, container_id, ifname)}.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # never created here: a reader leaves nothing behind
-    except FileNotFoundError:
+    lock = AttachmentLock(os.path.join(_dir(conf), f"att-{digest(conf.network, container_id, ifname)}.lock"))
+    if lock.acquire(0.0, create=False):  # never creates the file: a reader leaves nothing behind
+        lock.release()
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return os.path.exists(lock.path)  # not acquired: held elsewhere, unless there is no such file
 
 
 def sweep_stale(conf: IPAMConf, holders: set[tuple[str, str]]) -> int:

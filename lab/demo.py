@@ -188,12 +188,7 @@ def _scenario(name: str, run: Callable[[Lab, Path], int]) -> int:
         return 1
     finally:
         with _uninterrupted():
-            procs = list(lab.procs)
-            lab.close()
-            for p in procs:
-                for f in (p.stdin, p.stdout, p.stderr):
-                    if f is not None:
-                        f.close()
+            lab.close(close_pipes=True)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

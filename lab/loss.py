@@ -435,6 +435,17 @@ class Case:
         self.procs.append(t)
         return t
 
+    @staticmethod
+    def traffic_options(p: argparse.ArgumentParser, rate: int, burst: int = 0, size: int = 0,
+                        rate_help: str = "datagrams per second") -> None:
+        """--rate, --burst and --size of the case's sender (when given defaults), and --seconds."""
+        p.add_argument("--rate", type=int, default=rate, help=f"{rate_help} (default {rate})")
+        if burst:
+            p.add_argument("--burst", type=int, default=burst, help=f"datagrams per burst (default {burst})")
+        if size:
+            p.add_argument("--size", type=int, default=size, help=f"datagram size in bytes (default {size})")
+        p.add_argument("--seconds", type=float, default=4.0, help="traffic per measurement (default 4)")
+
     def pair(self, role: str, tx_addr: str, rx_addr: str, tx_dev: str = "") -> tuple[str, str]:
         """A sender and a receiver namespace joined by one veth (`<role>-tx0`, `<role>-rx0`), /24s."""
         tx, rx = self.ns(f"{role}-tx"), self.ns(f"{role}-rx")

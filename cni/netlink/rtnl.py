@@ -267,13 +267,8 @@ class RTNL:
                                 priority: int = 0, table: int = w.RT_TABLE_MAIN) -> None:
         """Install or atomically replace an ECMP route over several gateways (each resolved by the
         kernel to its interface), make-before-break like route_replace."""
-        body = self._route_body(dst, 0, None, proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
-        hops = b""
-        for gw in gateways:
-            a = w.attr(w.RTA_GATEWAY, gw.packed)
-            hops += w.RTNEXTHOP.pack(w.RTNEXTHOP.size + len(a), 0, 0, 0) + a
-        body += w.attr(w.RTA_MULTIPATH, hops)
-        self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
+        mtype, flags, body = self.route_replace_request(dst, list(gateways), proto, priority, table, multipath=True)
+        self._request(mtype, flags, body, f"replace route {dst}")
 
     def route_add(self, dst: IPNet, oif: int = 0, gateway: Optional[IPAddr] = None, proto: int = 4,
                   onlink: bool = False, table: int = w.RT_TABLE_MAIN) -> bool:
@@ -290,10 +285,9 @@ class RTNL:
 
     def route_del(self, dst: IPNet, oif: int = 0, proto: int = 0, table: int = w.RT_TABLE_MAIN,
                   priority: int = 0) -> bool:
-        # scope NOWHERE matches a route of any scope (the kernel compares the scope otherwise)
-        body = self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table, priority)
+        mtype, flags, body = self.route_del_request(dst, proto, priority, table, oif)
         try:
-            self._request(w.RTM_DELROUTE, 0, body, f"delete route {dst}")
+            self._request(mtype, flags, body, f"delete route {dst}")
         except NetlinkError as e:
             if e.errno in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
                 return False
@@ -302,10 +296,10 @@ class RTNL:
 
     # -- many requests at once (the agent's learned routes) -----------------------------------
     def route_replace_request(self, dst: IPNet, gateways: list, proto: int, priority: int = 0,
-                              table: int = w.RT_TABLE_MAIN) -> tuple[int, int, bytes]:
+                              table: int = w.RT_TABLE_MAIN, multipath: bool = False) -> tuple[int, int, bytes]:
         """The request route_replace (one gateway) or route_replace_multipath (several) sends,
         for batch()."""
-        if len(gateways) == 1:
+        if len(gateways) == 1 and not multipath:
             body = self._route_body(dst, 0, gateways[0], proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
         else:
             body = self._route_body(dst, 0, None, proto, w.RT_SCOPE_UNIVERSE, False, table, priority)
@@ -317,9 +311,10 @@ class RTNL:
         return w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body
 
     def route_del_request(self, dst: IPNet, proto: int = 0, priority: int = 0,
-                          table: int = w.RT_TABLE_MAIN) -> tuple[int, int, bytes]:
-        """The request route_del sends, for batch()."""
-        return w.RTM_DELROUTE, 0, self._route_body(dst, 0, None, proto, w.RT_SCOPE_NOWHERE, False, table, priority)
+                          table: int = w.RT_TABLE_MAIN, oif: int = 0) -> tuple[int, int, bytes]:
+        """The request route_del sends, for batch(). Scope NOWHERE matches a route of any scope
+        (the kernel compares the scope otherwise)."""
+        return w.RTM_DELROUTE, 0, self._route_body(dst, oif, None, proto, w.RT_SCOPE_NOWHERE, False, table, priority)
 
     def batch(self, requests: list) -> list[int]:
         """Send requests [(type, flags, body)] in one datagram; the kernel runs them in order.

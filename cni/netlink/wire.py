@@ -121,13 +121,18 @@ class Message:
     body: bytes = field(repr=False)
 
 
-def split_msgs(data: bytes) -> list[Message]:
-    msgs = []
+def iter_msgs(data: bytes):
+    """(type, flags, seq, body, offset of the next message) of each message in a datagram, without
+    an object per message (the agent's route watch reads 100,000 of them in a burst)."""
     off = 0
     while off + _NLMSGHDR.size <= len(data):
         length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
         if length < _NLMSGHDR.size:
             break
-        msgs.append(Message(mtype, flags, seq, data[off + _NLMSGHDR.size : off + length]))
+        body = data[off + _NLMSGHDR.size : off + length]
         off += _align(length)
-    return msgs
+        yield mtype, flags, seq, body, off
+
+
+def split_msgs(data: bytes) -> list[Message]:
+    return [Message(mtype, flags, seq, body) for mtype, flags, seq, body, _next in iter_msgs(data)]

@@ -48,12 +48,7 @@ def run(name: str, tmp: Optional[Path] = None, **overrides: Any) -> CaseResult:
     try:
         return CASES[name](lab, tmp, o).run()
     finally:
-        procs = list(lab.procs)
-        lab.close()
-        for p in procs:
-            for f in (p.stdin, p.stdout, p.stderr):
-                if f is not None:
-                    f.close()
+        lab.close(close_pipes=True)
         if own:
             shutil.rmtree(tmp, ignore_errors=True)
 

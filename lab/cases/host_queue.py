@@ -29,10 +29,7 @@ class HostQueue(Case):
     def add_options(cls, p) -> None:
         p.add_argument("--limit", type=int, default=1, help="the pfifo's limit in packets (default 1)")
         p.add_argument("--shaper", default="1mbit", help="the tbf rate in front of it (default 1mbit)")
-        p.add_argument("--rate", type=int, default=200, help="datagrams per second (default 200: ~370 kbit/s)")
-        p.add_argument("--burst", type=int, default=50, help="datagrams per burst (default 50)")
-        p.add_argument("--size", type=int, default=200, help="datagram size in bytes (default 200)")
-        p.add_argument("--seconds", type=float, default=4.0, help="traffic per measurement (default 4)")
+        cls.traffic_options(p, rate=200, burst=50, size=200, rate_help="datagrams per second (~370 kbit/s)")
 
     @classmethod
     def check_options(cls, o) -> Optional[str]:

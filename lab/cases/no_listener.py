@@ -26,8 +26,7 @@ class NoListener(Case):
     @classmethod
     def add_options(cls, p) -> None:
         p.add_argument("--port", type=int, default=4789, help="the UDP port nobody listens on (default 4789)")
-        p.add_argument("--rate", type=int, default=300, help="datagrams per second (default 300)")
-        p.add_argument("--seconds", type=float, default=4.0, help="traffic per measurement (default 4)")
+        cls.traffic_options(p, rate=300)
 
     @classmethod
     def check_options(cls, o) -> Optional[str]:

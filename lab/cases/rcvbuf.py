@@ -28,10 +28,7 @@ class Rcvbuf(Case):
         p.add_argument("--rcvbuf", type=int, default=1024, metavar="BYTES",
                        help="the receiver's setsockopt(SO_RCVBUF) (the kernel doubles it, at least 2,304 B; "
                             "default 1024)")
-        p.add_argument("--rate", type=int, default=400, help="datagrams per second (default 400)")
-        p.add_argument("--burst", type=int, default=16, help="datagrams per burst (default 16)")
-        p.add_argument("--size", type=int, default=1000, help="datagram size in bytes (default 1000)")
-        p.add_argument("--seconds", type=float, default=4.0, help="traffic per measurement (default 4)")
+        cls.traffic_options(p, rate=400, burst=16, size=1000)
 
     @classmethod
     def check_options(cls, o) -> Optional[str]:

@@ -42,8 +42,7 @@ class SessionLimit(Case):
                        help="the gateway's session limit, and moord's probe.sessionLimit (default 100)")
         p.add_argument("--flows", type=int, default=200, help="the client's sockets: one session each (default 200)")
         p.add_argument("--peers", type=int, default=4, help="server addresses the flows are spread over (default 4)")
-        p.add_argument("--rate", type=int, default=400, help="requests per second over all flows (default 400)")
-        p.add_argument("--seconds", type=float, default=4.0, help="traffic per measurement (default 4)")
+        cls.traffic_options(p, rate=400, rate_help="requests per second over all flows")
         p.add_argument("--remedy", choices=("raise", "reuse"), default="raise",
                        help="raise: the gateway's limit to twice the sessions the doctor counts; reuse: the client "
                             "keeps a quarter of the limit in sockets and reuses them (default raise)")

@@ -49,12 +49,7 @@ def pair():
         with Busy(lab):
             yield lab, tx, rx
     finally:
-        procs = list(lab.procs)
-        lab.close()
-        for p in procs:
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    f.close()
+        lab.close(close_pipes=True)
 
 
 def test_udp_to_a_closed_port_is_no_listener_first(pair):

@@ -5,6 +5,7 @@ Every wait is a guard that fails the test, never a timing assertion."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import struct
@@ -19,24 +20,16 @@ from bgp.session import ESTABLISHED, LocalConfig, PeerConfig
 from bgp.speaker import Speaker
 from bgp.wire import AFI_IPV4, AFI_IPV6, NOTIFICATION, OPEN, ROUTE_REFRESH, SAFI_UNICAST, UPDATE, frame, split
 from tests.etcd_server import free_port
+from tests.unit.test_bgp_speakers import until
 
 SPEAKER, PEER = "127.0.0.1", "127.0.0.2"
 PEER_AS, PEER_RID = 65002, "192.0.2.9"
+
 HOP, HOP2 = "192.0.2.50", "192.0.2.51"
 HOP6 = "2001:db8::50"
 P, P2, P3, P4 = (ipaddress.ip_network(f"203.0.113.{i}/32") for i in (1, 2, 3, 4))
 Q, Q2 = ipaddress.ip_network("2001:db8:1::/48"), ipaddress.ip_network("2001:db8:2::/48")
 V4, V6 = (AFI_IPV4, SAFI_UNICAST), (AFI_IPV6, SAFI_UNICAST)
-
-
-async def until(pred, what: str, timeout: float = 10.0) -> None:
-    async def poll():
-        while not pred():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"gave up waiting for {what}") from None
 
 
 class Peer:
@@ -145,10 +138,7 @@ def test_an_invalid_next_hop_withdraws_the_route_and_keeps_the_session(bad, capl
     caplog.set_level(logging.WARNING, logger="moor.bgp")
 
     async def main():
-        port = free_port()
-        sp = speaker(port, local={"is_local": lambda a: a == "192.0.2.77"})
-        await sp.start()
-        try:
+        async with started(local={"is_local": lambda a: a == "192.0.2.77"}) as (sp, port):
             peer = await established(sp, port)
             peer.send(v4([P, P2], HOP))
             await until(lambda: sp.rib_in.best.get(P) == (HOP,), "the route via a good next hop")
@@ -163,9 +153,19 @@ def test_an_invalid_next_hop_withdraws_the_route_and_keeps_the_session(bad, capl
             await peer.read()
             assert sp.sessions[PEER].state == ESTABLISHED and NOTIFICATION not in peer.types() and not peer.closed
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
+
+
+@contextlib.asynccontextmanager
+async def started(**kw):
+    """A speaker listening on a free port, stopped at the end: (speaker, port)."""
+    port = free_port()
+    sp = speaker(port, **kw)
+    await sp.start()
+    try:
+        yield sp, port
+    finally:
+        await sp.stop()
 
 
 async def listening_peer():
@@ -220,10 +220,7 @@ def test_families_not_negotiated_are_ignored_once_each_and_never_read_as_unicast
     seen = []
 
     async def main():
-        port = free_port()
-        sp = speaker(port, on_received=seen.append)
-        await sp.start()
-        try:
+        async with started(on_received=seen.append) as (sp, port):
             peer = await established(sp, port, families=(V4,))  # the peer offers IPv4 unicast only
             # IPv6 unicast, twice; VPNv4 (SAFI 128) with a 12-byte next hop; labelled unicast
             # (SAFI 4) whose NLRI read as plain prefixes would be 0.1.1.0/24-ish garbage
@@ -242,8 +239,6 @@ def test_families_not_negotiated_are_ignored_once_each_and_never_read_as_unicast
             ignored = [r.getMessage() for r in caplog.records if "not a unicast family" in r.getMessage()]
             assert len(ignored) == 3 and all(PEER in m for m in ignored), ignored  # (2,1), (1,128), (1,4)
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
@@ -256,10 +251,7 @@ def test_a_bad_mp_next_hop_length_disables_that_family_for_the_session_only(capl
     caplog.set_level(logging.WARNING, logger="moor.bgp")
 
     async def main():
-        port = free_port()
-        sp = speaker(port)
-        await sp.start()
-        try:
+        async with started() as (sp, port):
             peer = await established(sp, port, families=(V4, V6))
             peer.send(v4([P]), v6([Q]))
             await until(lambda: P in sp.rib_in.best and Q in sp.rib_in.best, "both families")
@@ -278,17 +270,12 @@ def test_a_bad_mp_next_hop_length_disables_that_family_for_the_session_only(capl
             peer.send(v6([Q2]))
             await until(lambda: Q2 in sp.rib_in.best, "IPv6 accepted in a new session")
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
 def test_a_bad_ipv4_unicast_mp_reach_disables_ipv4_classic_nlri_too():
     async def main():
-        port = free_port()
-        sp = speaker(port)
-        await sp.start()
-        try:
+        async with started() as (sp, port):
             peer = await established(sp, port, families=(V4, V6))
             peer.send(v4([P]), v6([Q]))
             await until(lambda: P in sp.rib_in.best and Q in sp.rib_in.best, "both families")
@@ -298,17 +285,12 @@ def test_a_bad_ipv4_unicast_mp_reach_disables_ipv4_classic_nlri_too():
             await until(lambda: Q2 in sp.rib_in.best, "IPv6 still working")
             assert P2 not in sp.rib_in.best and sp.sessions[PEER].state == ESTABLISHED
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
 def test_mp_reach_with_wrong_flags_withdraws_without_a_reset():
     async def main():
-        port = free_port()
-        sp = speaker(port)
-        await sp.start()
-        try:
+        async with started() as (sp, port):
             peer = await established(sp, port, families=(V4, V6))
             peer.send(v6([Q]))
             await until(lambda: Q in sp.rib_in.best, "the IPv6 route")
@@ -319,8 +301,6 @@ def test_mp_reach_with_wrong_flags_withdraws_without_a_reset():
             await peer.read()
             assert NOTIFICATION not in peer.types() and sp.sessions[PEER].state == ESTABLISHED
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
@@ -328,10 +308,7 @@ def test_mp_reach_with_wrong_flags_withdraws_without_a_reset():
 
 def test_over_the_prefix_limit_the_session_ends_with_cease_and_the_peer_is_held_off():
     async def main():
-        port = free_port()
-        sp = speaker(port, max_prefixes=3, max_prefixes_idle_s=60.0, graceful_restart=True)
-        await sp.start()
-        try:
+        async with started(max_prefixes=3, max_prefixes_idle_s=60.0, graceful_restart=True) as (sp, port):
             peer = await established(sp, port, families=(V4, V6), gr=True)
             peer.send(v4([P, P2]))
             peer.send(v4([P3], withdrawn=[P2]), v6([Q]))  # 3 after the withdrawal: at the limit, fine
@@ -347,17 +324,12 @@ def test_over_the_prefix_limit_the_session_ends_with_cease_and_the_peer_is_held_
             again.open(families=(V4, V6))
             await again.until_closed("the connection refused")
             assert OPEN not in again.types() and sp.sessions[PEER].state != ESTABLISHED
-        finally:
-            await sp.stop()
     run(main())
 
 
 def test_after_the_idle_hold_the_peer_is_accepted_again():
     async def main():
-        port = free_port()
-        sp = speaker(port, max_prefixes=1, max_prefixes_idle_s=0.5)
-        await sp.start()
-        try:
+        async with started(max_prefixes=1, max_prefixes_idle_s=0.5) as (sp, port):
             peer = await established(sp, port)
             peer.send(v4([P, P2]))
             await peer.until_closed("the session to end")
@@ -372,8 +344,6 @@ def test_after_the_idle_hold_the_peer_is_accepted_again():
             again.open()
             await until(lambda: sp.sessions[PEER].state == ESTABLISHED, "Established again")
             again.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
@@ -402,10 +372,7 @@ def test_over_the_prefix_limit_we_do_not_reconnect_during_the_idle_hold():
 @pytest.mark.parametrize("trickle", [False, True])
 def test_a_connection_without_an_open_is_closed_after_open_wait(trickle):
     async def main():
-        port = free_port()
-        sp = speaker(port, local={"open_wait_s": 0.5})
-        await sp.start()
-        try:
+        async with started(local={"open_wait_s": 0.5}) as (sp, port):
             peer = await Peer.connect(port)
 
             async def drip():  # an OPEN's marker, a byte every 0.2 s: the wait is for the OPEN, not a read
@@ -417,17 +384,12 @@ def test_a_connection_without_an_open_is_closed_after_open_wait(trickle):
             assert peer.types()[0] == OPEN and [(n.code, n.subcode) for n in peer.notifications()] == [(4, 0)]
             if task:
                 task.cancel()
-        finally:
-            await sp.stop()
     run(main())
 
 
 def test_a_second_connection_without_an_open_is_closed_and_the_session_stays():
     async def main():
-        port = free_port()
-        sp = speaker(port, local={"open_wait_s": 0.5})
-        await sp.start()
-        try:
+        async with started(local={"open_wait_s": 0.5}) as (sp, port):
             peer = await established(sp, port)
             second = await Peer.connect(port)  # collision handling waits for its OPEN: not for long
             await second.until_closed("the second connection closed")
@@ -435,8 +397,6 @@ def test_a_second_connection_without_an_open_is_closed_and_the_session_stays():
             await peer.read()
             assert not peer.closed
             peer.close()
-        finally:
-            await sp.stop()
     run(main())
 
 
@@ -528,10 +488,7 @@ def test_graceful_restart_families_of_other_safis_keep_no_unicast_routes():
     # a peer whose GR capability lists VPNv4 and EVPN only keeps no IPv4/IPv6 unicast state over a
     # restart: AFI 1 or 25 alone must not be read as "IPv4" / "IPv6"
     async def main():
-        port = free_port()
-        sp = speaker(port, graceful_restart=True)
-        await sp.start()
-        try:
+        async with started(graceful_restart=True) as (sp, port):
             peer = await Peer.connect(port)
             gr = cap.GracefulRestart(120, families=((1, 128, True), (25, 70, True)))
             peer.send(bopen.Open(asn=PEER_AS, hold_time=30, router_id=PEER_RID,
@@ -543,6 +500,4 @@ def test_graceful_restart_families_of_other_safis_keep_no_unicast_routes():
             peer.close()  # a drop without NOTIFICATION: a graceful restart
             await until(lambda: not sp.sessions[PEER].busy(), "the session gone")
             assert not sp.rib_in.best and PEER not in sp.rib_in.stale
-        finally:
-            await sp.stop()
     run(main())
