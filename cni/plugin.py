@@ -88,4 +88,12 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
 
 
 def main() -> int:
+    # a runtime runs the plugin without arguments; an operator runs `moor install ...`
+    if len(sys.argv) > 1:
+        if sys.argv[1] == "install":
+            from .install import main as install
+            return install(sys.argv[2:])
+        print("usage: moor install [--help]   (without arguments moor is the CNI plugin: CNI_COMMAND "
+              "and the network config on stdin)", file=sys.stderr)
+        return 2
     return serve(run)

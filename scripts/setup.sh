@@ -79,5 +79,5 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
 fi
 # a CNI bin dir as a node has it: moor's fast launcher next to the reference plugins
 mkdir -p "$ROOT/.venv/cni"
-.venv/bin/python -m cni.install "$ROOT/.venv/cni" >/dev/null
+.venv/bin/python -m cni.install --develop "$ROOT/.venv/cni" >/dev/null
 for p in /usr/lib/cni/*; do ln -sfn "$p" "$ROOT/.venv/cni/$(basename "$p")"; done
