@@ -33,6 +33,7 @@ class NetConf:
     host_shim: bool = False
     default_route: bool = True
     state_dir: str = DEFAULT_STATE_DIR
+    agent_socket: str = "/run/moor/cni.sock"  # moord's CNI socket (cni/entry.py); "": none
     ipam: dict = field(default_factory=dict)
     dns: dict = field(default_factory=dict)
     runtime_config: dict = field(default_factory=dict)  # keys lower-cased (runtimes capitalise)
@@ -109,6 +110,10 @@ def parse(doc: dict) -> NetConf:
         # a relative directory would follow the runtime's working directory: DEL from another
         # one would find nothing to undo
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'stateDir' {conf.state_dir!r} is not an absolute path")
+    conf.agent_socket = _get(doc, "agentSocket", str, conf.agent_socket)
+    if conf.agent_socket and not conf.agent_socket.startswith("/"):
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'agentSocket' {conf.agent_socket!r} is not an "
+                       "absolute path (\"\" turns the agent off)")
     conf.ipam = _get(doc, "ipam", dict, {})
     if doc.get("ipam") is not None:
         t = _get(conf.ipam, "type", str, required=True)

@@ -39,9 +39,9 @@ sys.path.insert(0, {root!r})
 from {module} import main
 sys.exit(main())
 """
-PLUGINS = {"moor": "cni.plugin", "moor-ipam": "ipam.plugin"}
+PLUGINS = {"moor": "cni.entry", "moor-ipam": "ipam.plugin"}
 # launchers in PREFIX/bin: (module, whether it needs the copied dependencies)
-COMMANDS = {"moor": ("cni.plugin", False), "moor-ipam": ("ipam.plugin", False),
+COMMANDS = {"moor": ("cni.entry", False), "moor-ipam": ("ipam.plugin", False),
             "moord": ("dataplane.agent", True), "netdiag": ("dataplane.netdiag.cli", True)}
 
 INSTALLED = """#!{python} {flags}
