@@ -36,6 +36,7 @@ from bgp.speaker import Speaker, canonical
 from . import metrics as metrics_server
 from . import restart
 from .api import server as api_server
+from .cniserver import CNIServer
 from .fib import Fib
 from .routewatch import RouteWatch
 from .view import AgentView, Component, ProbeConfig
@@ -63,6 +64,7 @@ class AgentConfig:
     stale_time: float = 360.0  # longest we keep a restarted peer's stale routes
     state_file: str = "/run/moor/moord-gr.json"
     api_socket: str = "/run/moor/moord.sock"  # "": no API
+    cni_socket: str = "/run/moor/cni.sock"  # "": the CNI plugin always works in its own process
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 9653  # 0: no metrics
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -71,7 +73,7 @@ class AgentConfig:
 
 # -- the schema: every key moord knows, per section -------------------------------------------------
 KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("bgp", "api", "metrics", "probe", "ipam"),
+    "": ("bgp", "api", "cni", "metrics", "probe", "ipam"),
     "bgp": ("asn", "routerId", "listenAddress", "listenPort", "holdTime", "nextHopIPv6", "peers", "gracefulRestart",
             "installLearned", "advertise"),
     "bgp.peers[]": ("address", "asn", "passive", "port", "holdTime", "communities", "password", "ttlSecurity",
@@ -79,6 +81,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "bgp.gracefulRestart": ("restartTime", "staleRoutesTime", "stateFile"),
     "bgp.advertise": ("podRoutes", "blocks"),
     "api": ("socket",),
+    "cni": ("socket",),
     "metrics": ("address", "port"),
     "probe": ("enabled", "sessionLimit", "sessionAgingSeconds", "maxSessions"),
     "ipam": ("config",),
@@ -330,7 +333,7 @@ def load(text: str) -> AgentConfig:
     stale_time = gr.get("staleRoutesTime", "number", 360)
     if stale_time < 0:
         raise ConfigError(f"bgp.gracefulRestart.staleRoutesTime {stale_time}: must be >= 0 seconds")
-    api, met, pr, ipam = (top.section(k) for k in ("api", "metrics", "probe", "ipam"))
+    api, cni, met, pr, ipam = (top.section(k) for k in ("api", "cni", "metrics", "probe", "ipam"))
     aging = pr.get("sessionAgingSeconds", "number", 300)
     if aging <= 0:
         raise ConfigError(f"probe.sessionAgingSeconds {aging}: must be > 0 seconds")
@@ -343,6 +346,7 @@ def load(text: str) -> AgentConfig:
                        install_learned=b.get("installLearned", bool, False), stale_time=stale_time,
                        state_file=gr.path("stateFile", "/run/moor/moord-gr.json", writes=True),
                        api_socket=api.path("socket", "/run/moor/moord.sock", writes=True, socket_file=True, off=True),
+                       cni_socket=cni.path("socket", "/run/moor/cni.sock", writes=True, socket_file=True, off=True),
                        metrics_address=met.ip("address", "0.0.0.0"),
                        metrics_port=met.int_in("port", 0, 65535, 9653, what=" (0 turns metrics off)"),
                        probe=probe, ipam_config=ipam.path("config", "", writes=False, off=True))
@@ -439,7 +443,7 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
     loop = asyncio.get_running_loop()
     gr_peers = any(p.graceful_restart for p in conf.peers)
     view = AgentView(ipam_config=conf.ipam_config, probe_conf=conf.probe)
-    api = metrics = fib = watch = speaker = settling = loading = None
+    api = cni = metrics = fib = watch = speaker = settling = loading = None
     api_ino = 0
     state_began, previous_state = False, None
     serving = False  # start-up done: from here a stop is a stop, not an undo
@@ -455,6 +459,14 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 raise StartError(f"api.socket {conf.api_socket}: {e}") from None
             api_ino = os.stat(conf.api_socket).st_ino if os.path.exists(conf.api_socket) else 0
             log.info("API on unix:%s", conf.api_socket)
+        if conf.cni_socket:
+            cni = CNIServer(conf.cni_socket)
+            try:
+                await cni.start()
+            except api_server.ServeError as e:
+                cni = None
+                raise StartError(f"cni.socket {conf.cni_socket}: {e}") from None
+            log.info("CNI calls served on unix:%s", conf.cni_socket)
         if conf.metrics_port:
             try:
                 metrics = await metrics_server.serve(view, conf.metrics_address, conf.metrics_port)
@@ -551,6 +563,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
         graceful = serving and gr_peers and graceful_stop is not None and graceful_stop.is_set()
         if settling is not None:
             settling.cancel()
+        if cni is not None:  # first: new calls go to the executables, calls in flight finish
+            await _quietly("stopping the CNI server", cni.stop())
         if api is not None:
             await _quietly("stopping the API", api.stop(0.5))
             _quietly_sync("removing the API socket", _remove_socket, conf.api_socket, api_ino)

@@ -105,7 +105,7 @@ class ServeError(Exception):
     """The API cannot listen on its socket: one line saying why (the caller names the config key)."""
 
 
-def _claim(path: Path) -> None:
+def claim_socket(path: Path) -> None:
     """Make `path` free for our socket: a previous agent's socket that nobody listens on any more
     is removed; a live agent's socket, or anything that is not a socket, is an error. A bind of a
     plain unix socket tells why the path cannot be bound (grpc only says that it failed)."""
@@ -149,7 +149,7 @@ async def serve(view: AgentView, socket_path: str) -> grpc.aio.Server:
     """Start the API; the caller stops it with `await server.stop(grace)`. ServeError when the
     socket cannot be bound."""
     path = Path(socket_path)
-    _claim(path)
+    claim_socket(path)
     server = grpc.aio.server()
     rpc.add_AgentServicer_to_server(AgentService(view), server)
     old = os.umask(0o077)

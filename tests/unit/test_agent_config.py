@@ -52,6 +52,7 @@ def full(tmp: Path) -> dict:
                                     "stateFile": str(tmp / "run" / "moor" / "gr.json")},
                 "advertise": {"podRoutes": False, "blocks": ["203.0.113.0/26", "2001:db8:1::/64"]}},
         "api": {"socket": str(tmp / "run" / "moor" / "moord.sock")},
+        "cni": {"socket": str(tmp / "run" / "moor" / "cni.sock")},
         "metrics": {"address": "127.0.0.1", "port": 0},
         "probe": {"enabled": False, "sessionLimit": 500000, "sessionAgingSeconds": 30, "maxSessions": 4096},
         "ipam": {"config": str(tmp / "net.d" / "10-moor.conflist")},
@@ -256,6 +257,16 @@ def test_an_old_socket_at_the_api_path_is_fine(tmp_path):
     s.close()
     assert load(T(api={"socket": str(path)})).api_socket == str(path)
     assert load(T(api={"socket": ""})).api_socket == ""  # no API
+
+
+def test_cni_socket(tmp_path):
+    assert load(T()).cni_socket == "/run/moor/cni.sock"
+    assert load(T(cni={"socket": ""})).cni_socket == ""  # the plugin always works alone
+    assert load(T(cni={"socket": str(tmp_path / "c.sock")})).cni_socket == str(tmp_path / "c.sock")
+    with pytest.raises(ConfigError, match="cni.socket run/c.sock: must be an absolute path"):
+        load(T(cni={"socket": "run/c.sock"}))
+    with pytest.raises(ConfigError, match="cni.sockt: unknown key"):
+        load(T(cni={"sockt": "/x"}))
 
 
 def test_max_prefixes_reaches_the_peer_config():

@@ -39,7 +39,7 @@ def config(tmp: Path, *, peers: list | None = None, metrics: dict | None = None,
     return {"bgp": {"asn": 65001, "routerId": "192.0.2.2", "listenAddress": "127.0.0.1", "listenPort": free_port(),
                     "peers": peers or [], "advertise": {"podRoutes": False},
                     "gracefulRestart": {"stateFile": str(tmp / "state" / "gr.json")}, **bgp},
-            "api": {"socket": str(tmp / "run" / "moord.sock")},
+            "api": {"socket": str(tmp / "run" / "moord.sock")}, "cni": {"socket": str(tmp / "run" / "cni.sock")},
             "metrics": metrics or {"port": 0}, "probe": {"enabled": False}}
 
 
