@@ -510,7 +510,7 @@ def moord_latency(lab: Lab, tor: str, node: str, work: Path, adds: int, poll: fl
     conf.write_text(f"bgp:\n  asn: {NODE_AS}\n  routerId: {NODE}\n  holdTime: 240\n  listenAddress: {NODE}\n"
                     f"  listenPort: 1179\n  gracefulRestart:\n    stateFile: {d / 'moord-gr.json'}\n"
                     f"  peers:\n    - address: {TOR}\n      asn: {TOR_AS}\n"
-                    f"api:\n  socket: {d / 'moord.sock'}\nprobe:\n  enabled: false\n")
+                    f"api:\n  socket: {d / 'moord.sock'}\ncni:\n  socket: ''\nprobe:\n  enabled: false\n")
     proc = None
     fd = open_netns(Lab.path(node))
     try:

@@ -251,7 +251,7 @@ class Agent:
         self.lab, self.tmp = lab, tmp
         self.sock = tmp / "moord.sock"
         self.log = tmp / "moord.log"
-        self.conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.250"}, "api": {"socket": str(self.sock)},
+        self.conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.250"}, "api": {"socket": str(self.sock)}, "cni": {"socket": ""},
                      "metrics": {"port": 0}, "probe": {"enabled": True, **probe}}
         self.proc: Optional[subprocess.Popen] = None
         self.t0 = 0.0

@@ -101,7 +101,7 @@ class BgpLab:
                         "peers": [{"address": tor_ip, "asn": TOR_ASN, "gracefulRestart": True}],
                         "gracefulRestart": {"restartTime": 60, "stateFile": str(self.tmp / f"moord-{node}-gr.json")}},
                 "api": {"socket": str(self.tmp / f"moord-{node}.sock")}, "metrics": {"port": 0},
-                "probe": {"enabled": False}}
+                "cni": {"socket": self.cni_socket(node)}, "probe": {"enabled": False}}
         path = self.tmp / f"moord-{node}.yaml"
         path.write_text(json.dumps(conf, indent=2))  # JSON is YAML
         log = open(self.tmp / f"moord-{node}.log", "a")
@@ -111,6 +111,9 @@ class BgpLab:
         self.agents[node] = p
         return p
 
+    def cni_socket(self, node: str) -> str:
+        return str(self.tmp / f"moord-{node}-cni.sock")
+
     def log(self, node: str) -> str:
         try:
             return (self.tmp / f"moord-{node}.log").read_text(errors="replace")
@@ -119,6 +122,7 @@ class BgpLab:
 
     def conf(self, node: str) -> dict:
         return {"cniVersion": "1.0.0", "name": "fabric", "type": "moor", "mode": "bgp",
+                "agentSocket": self.cni_socket(node),  # the fast path while the node's moord runs
                 "stateDir": str(self.tmp / f"{node}-state"),
                 "ipam": {"type": "moor-ipam", "dataDir": str(self.tmp / "ipam"), "nodeName": node,
                          "pools": [{"cidr": POOL}]}}

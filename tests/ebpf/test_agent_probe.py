@@ -25,7 +25,7 @@ pytestmark = pytest.mark.ebpf
 
 def start_moord(lab: Lab, ns: str, tmp: Path, **probe) -> Path:
     sock = tmp / "moord.sock"
-    conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.250"}, "api": {"socket": str(sock)},
+    conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.250"}, "api": {"socket": str(sock)}, "cni": {"socket": ""},
             "metrics": {"port": 0}, "probe": {"enabled": True, **probe}}
     (tmp / "moord.json").write_text(json.dumps(conf))
     lab.spawn(ns, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp / "moord.json"), "-v"], cwd=REPO,

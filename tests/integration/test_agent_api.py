@@ -37,7 +37,7 @@ def test_api_and_metrics_show_peers_routes_reservations_and_what_is_unavailable(
         ip = r.json["ips"][0]["address"]
         sock = tmp_path / "moord.sock"
         conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.2", "peers": [{"address": "192.0.2.1", "asn": 65000}]},
-                "api": {"socket": str(sock)}, "metrics": {"address": "127.0.0.1", "port": 9653},
+                "api": {"socket": str(sock)}, "cni": {"socket": ""}, "metrics": {"address": "127.0.0.1", "port": 9653},
                 "probe": {"enabled": False}, "ipam": {"config": str(tmp_path / "10-fabric.conf")}}
         (tmp_path / "moord.yaml").write_text(json.dumps(conf))
         lab.spawn(node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp_path / "moord.yaml")], cwd=REPO,

@@ -73,6 +73,7 @@ bgp:
       asn: 65000
       communities: ["65000:42"]
 api: {{socket: {tmp / (name + ".sock")}}}
+cni: {{socket: ""}}
 metrics: {{port: 0}}
 probe: {{enabled: false}}
 """)

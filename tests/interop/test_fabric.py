@@ -26,7 +26,7 @@ STREAM = str(Path(__file__).with_name("udpstream.py"))
 def moord(lab: Lab, ns: str, tmp: Path, name: str, asn: int, router_id: str, peers: list[dict], **bgp):
     conf = {"bgp": {"asn": asn, "routerId": router_id, "holdTime": 9, "peers": peers,
                     "gracefulRestart": {"restartTime": 60, "stateFile": str(tmp / f"{name}-gr.json")}, **bgp},
-            "api": {"socket": str(tmp / f"{name}.sock")}, "metrics": {"port": 0}, "probe": {"enabled": False}}
+            "api": {"socket": str(tmp / f"{name}.sock")}, "cni": {"socket": ""}, "metrics": {"port": 0}, "probe": {"enabled": False}}
     path = tmp / f"{name}.yaml"
     path.write_text(json.dumps(conf))  # JSON is YAML
     return lab.spawn(ns, [sys.executable, "-m", "dataplane.agent", "--config", str(path), "-v"], cwd=REPO,

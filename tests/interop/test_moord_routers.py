@@ -118,7 +118,7 @@ def fabric(request, tmp_path):
 def moord(lab: Lab, node: str, tmp, password: str):
     conf = {"bgp": {"asn": 4200000001, "routerId": NODE, "holdTime": 9, "nextHopIPv6": NODE6, "installLearned": True,
                     "peers": [{"address": TOR, "asn": 65000, "password": password}]},
-            "api": {"socket": str(tmp / "moord.sock")}, "metrics": {"port": 0}, "probe": {"enabled": False}}
+            "api": {"socket": str(tmp / "moord.sock")}, "cni": {"socket": ""}, "metrics": {"port": 0}, "probe": {"enabled": False}}
     (tmp / "moord.json").write_text(json.dumps(conf))
     return lab.spawn(node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp / "moord.json"), "-v"],
                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp / "moord.log", "w"))

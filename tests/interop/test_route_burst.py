@@ -165,7 +165,7 @@ def fabric(tmp_path):
         f = Fabric(lab, tmp_path, tor, node, bird)
         conf = {"bgp": {"asn": 4200000001, "routerId": NODE, "holdTime": 9, "installLearned": True,
                         "peers": [{"address": TOR, "asn": 65000}]},
-                "api": {"socket": str(tmp_path / "moord.sock")}, "metrics": {"port": 0}, "probe": {"enabled": False}}
+                "api": {"socket": str(tmp_path / "moord.sock")}, "cni": {"socket": ""}, "metrics": {"port": 0}, "probe": {"enabled": False}}
         (tmp_path / "moord.yaml").write_text(json.dumps(conf))
         # without -v: a line per route would be 100,000 lines per burst; losses are warnings
         f.agent = lab.spawn(node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp_path / "moord.yaml")],
