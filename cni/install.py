@@ -150,8 +150,30 @@ def _package_files(top: Path, rel_to: Path) -> dict[str, Path]:
     return out
 
 
+def _installed_copy() -> dict | None:
+    """The manifest when this moor runs from an installed version directory (PREFIX/versions/X/lib),
+    as in moor's image, whose init container installs the image's copy onto the node."""
+    vdir = PACKAGE_ROOT.parent
+    if PACKAGE_ROOT.name != "lib" or not (vdir / ".complete").is_file():
+        return None
+    try:
+        manifest = json.loads((vdir / "MANIFEST.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("moor"), str) else None
+
+
 def collect() -> Payload:
     """The running moor and its dependencies."""
+    installed = _installed_copy()
+    if installed is not None:  # the same files again: the same digest, the same version name
+        payload = Payload(version=installed["moor"], dists=list(installed.get("dependencies", [])))
+        for top in TOP_LEVEL:
+            payload.lib.update(_package_files(PACKAGE_ROOT / top, PACKAGE_ROOT))
+        site = PACKAGE_ROOT.parent / "site"
+        if site.is_dir():
+            payload.site.update(_package_files(site, site))
+        return payload
     try:
         dist = metadata.distribution(DISTRIBUTION)
         version = dist.version

@@ -175,3 +175,28 @@ def test_bad_input_is_one_line_and_writes_nothing(venv: Path, tmp_path: Path):
         p = _run(str(venv / "bin/moor"), "install", "--root", str(root), *args, env={}, check=False)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
         assert not (root / "opt").exists() and not (root / "etc").exists(), args
+
+
+def test_an_installed_moor_installs_itself(venv: Path, tmp_path: Path, net: MacvlanNet):
+    """What the image's init container does: the image's /opt/moor (itself a `moor install`) installs
+    the same version onto the node, dependencies included, from nothing but its own files."""
+    image = _root(tmp_path / "image")
+    _install(venv, image)
+    name = os.readlink(image / "opt/moor/current").rsplit("/", 1)[1]
+    os.rename(venv / "lib", venv / "lib.away")  # the image has no venv: only its /opt/moor
+    try:
+        node = _root(tmp_path / "node")
+        conf = {"cniVersion": "1.0.0", "name": "inst", "type": "moor", "mode": "bgp",
+                "stateDir": str(tmp_path / "state"),
+                "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path / "ipam"), "pools": [{"cidr": "203.0.113.0/24"}]}}
+        (tmp_path / "10-inst.conf").write_text(json.dumps(conf))
+        # the image's launcher, at its node path, with only the image's files
+        p = _on_node(image, ["/opt/moor/bin/moor", "install", "--root", str(node), "--conf",
+                             str(tmp_path / "10-inst.conf")], {})
+        assert p.returncode == 0, p.stderr
+        assert os.readlink(node / "opt/moor/current").rsplit("/", 1)[1] == name, "the same version, the same digest"
+        assert (image / "opt/moor/versions" / name / "MANIFEST.json").read_text() == \
+            (node / "opt/moor/versions" / name / "MANIFEST.json").read_text()
+        _run_installed(node, conf, net)
+    finally:
+        os.rename(venv / "lib.away", venv / "lib")
