@@ -19,11 +19,13 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import stat
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,6 +286,20 @@ def _peer(p, where: str, local: LocalConfig) -> PeerConfig:
                       password=password, ttl_security=s.get("ttlSecurity", bool, False),
                       graceful_restart=s.get("gracefulRestart", bool, False),
                       max_prefixes=s.int_in("maxPrefixes", 0, 0xFFFFFFFF, 0, what=" (0: no limit)"))
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str]) -> str:
+    """${NAME} from moord's environment: one config for every node of a DaemonSet, the node's own
+    values (routerId: ${NODE_IP}, from the downward API) filled in on each. An unset name is an
+    error: an empty router ID or address must not pass for a value."""
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in environ:
+            raise ConfigError(f"${{{m.group(1)}}}: not set in moord's environment")
+        return environ[m.group(1)]
+    return _ENV_VAR.sub(sub, text)
 
 
 def load(text: str) -> AgentConfig:
@@ -631,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             text = raw.decode()
         except UnicodeDecodeError as e:
             raise ConfigError(f"not UTF-8 text (byte {e.start})") from None
-        conf = load(text)
+        conf = load(expand_env(text, os.environ))
     except OSError as e:
         print(f"moord: {a.config}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.agent import KNOWN, ConfigError, load
+from dataplane.agent import KNOWN, ConfigError, expand_env, load
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -315,3 +315,12 @@ def test_every_value_swapped_for_a_wrong_one_is_refused_by_name_or_accepted(tmp_
                 assert name in msg, (name, wrong, msg)
                 n += 1
     assert n > 300
+
+
+def test_environment_variables_fill_in_per_node_values():
+    text = "bgp: {asn: 65001, routerId: ${NODE_IP}, peers: [{address: '${TOR}', asn: 65000}]}\n"
+    conf = load(expand_env(text, {"NODE_IP": "192.0.2.7", "TOR": "192.0.2.1"}))
+    assert conf.local.router_id == "192.0.2.7" and conf.peers[0].address == "192.0.2.1"
+    with pytest.raises(ConfigError, match=r"\$\{NODE_IP\}: not set in moord's environment"):
+        expand_env(text, {"TOR": "192.0.2.1"})
+    assert expand_env("a: $NODE_IP $ {X}", {}) == "a: $NODE_IP $ {X}"  # only ${NAME} is a reference
