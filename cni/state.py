@@ -218,9 +218,6 @@ class Store:
                     f"container {container_id[:64]} {ifname}", wait)
 
     # -- shared node objects (a VLAN sub-interface, a host shim) ----------------------------
-    def users(self, parent: str) -> int:
-        return sum(1 for a in self.all() if a.parent == parent)
-
     def _owned(self, link: str) -> str:
         return os.path.join(self.root, "owned", link)
 
