@@ -1,6 +1,7 @@
 """Network configuration: decoded from stdin, validated, every error naming its field."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,14 @@ DEFAULT_STATE_DIR = "/var/lib/moor"
 
 
 @dataclass
+class HostShim:
+    """`hostShim`: the node's macvlan on the parent, with one address per IP family that the
+    node's packets to its pods carry as source, so pods answer on L2. `addresses` empty: the
+    network's IPAM gives them (cni/shim.py)."""
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(default_factory=list)
+
+
+@dataclass
 class NetConf:
     cni_version: str
     name: str
@@ -30,7 +39,7 @@ class NetConf:
     macvlan_mode: str = "bridge"
     mtu: int = 0
     mac_from_ip: bool = True
-    host_shim: bool = False
+    host_shim: Optional[HostShim] = None  # None: no shim
     default_route: bool = True
     state_dir: str = DEFAULT_STATE_DIR
     agent_socket: str = "/run/moor/cni.sock"  # moord's CNI socket (cni/entry.py); "": none
@@ -103,7 +112,7 @@ def parse(doc: dict) -> NetConf:
     if conf.mtu and not 68 <= conf.mtu <= 65535:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'mtu' {conf.mtu} is outside 68-65535")
     conf.mac_from_ip = _get(doc, "macFromIP", bool, True)
-    conf.host_shim = _get(doc, "hostShim", bool, False)
+    conf.host_shim = _host_shim(doc)
     conf.default_route = _get(doc, "defaultRoute", bool, True)
     conf.state_dir = _get(doc, "stateDir", str, DEFAULT_STATE_DIR)
     if not conf.state_dir.startswith("/"):
@@ -126,6 +135,47 @@ def parse(doc: dict) -> NetConf:
     if prev is not None:
         conf.prev_result = Result.parse(prev, "prevResult")
     return conf
+
+
+def _host_shim(doc: dict) -> Optional[HostShim]:
+    """`hostShim`: true (addresses from the IPAM), false, or {"addresses": ["192.0.2.254/24"]}."""
+    val = _get(doc, "hostShim", (bool, dict), False)
+    if val is True:
+        return HostShim()
+    if val is False:
+        return None
+    unknown = sorted(set(val) - {"addresses"})
+    if unknown:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: unknown key 'hostShim.{unknown[0]}'",
+                       "hostShim is true, false or {\"addresses\": [CIDR, ...]}")
+    if "addresses" not in val:
+        return HostShim()
+    lst = val["addresses"]
+    if not isinstance(lst, list) or not lst:
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'hostShim.addresses' must be a non-empty list "
+                       f"of CIDRs, got {json.dumps(lst)[:80]}", "omit it to take the addresses from the IPAM")
+    shim = HostShim()
+    for i, a in enumerate(lst):
+        field_name = f"'hostShim.addresses[{i}]'"
+        try:
+            if not isinstance(a, str) or "/" not in a:
+                raise ValueError
+            iface = ipaddress.ip_interface(a)
+        except ValueError:
+            raise CNIError(INVALID_CONFIG, f"invalid network config: {field_name} {json.dumps(a)[:80]} is not an "
+                           "address in CIDR form (192.0.2.254/24)") from None
+        ip, net = iface.ip, iface.network
+        # the subnet's own address (and IPv4's broadcast) is no host's; /31, /32, /127, /128 have no such
+        edges = [] if net.prefixlen >= net.max_prefixlen - 1 else [net.network_address] + (
+            [net.broadcast_address] if iface.version == 4 else [])
+        if ip in edges or ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
+            raise CNIError(INVALID_CONFIG, f"invalid network config: {field_name} {a} is not a unicast host "
+                           "address of its subnet")
+        if any(b.version == iface.version for b in shim.addresses):
+            raise CNIError(INVALID_CONFIG, f"invalid network config: {field_name} {a} is a second IPv"
+                           f"{iface.version} address", "the shim takes one address per IP family")
+        shim.addresses.append(iface)
+    return shim
 
 
 GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # libcni sends both (SPEC 1.1.0 renamed it)

@@ -8,7 +8,7 @@ import os
 import sys
 import zlib
 
-from . import announce, delegate
+from . import announce, delegate, shim as shims
 from .errors import (INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
                      TRY_AGAIN_LATER, VLAN_UNSUPPORTED, CNIError)
 from .mode import Mode, open_pod_netns, pod_socket
@@ -16,7 +16,7 @@ from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
 from .netlink.wire import MACVLAN_MODES, RTPROT_MOOR_SHIM
 from .result import Interface, IPConfig, Result, RouteConfig
-from .state import Attachment
+from .state import Attachment, ShimAddrs
 from .steps import Steps
 
 TYPE_CHECKING = False
@@ -33,6 +33,8 @@ def shim_name(parent: str) -> str:
 
 class MacvlanPlugin(Mode):
     _parent: Optional[Link] = None  # the parent link, as CHECK found it
+    _shim_addrs_made: bool = False  # this ADD allocated the shim's addresses: its rollback undoes them
+
     def _master(self, code: int = INVALID_CONFIG) -> Link:
         link = self.host.link_get(self.conf.master)
         if link is None:
@@ -80,11 +82,29 @@ class MacvlanPlugin(Mode):
             self.host.link_set(link.index, up=True)
         return link
 
-    def _release_shared(self, parent: str) -> None:
-        """Remove the shim and the VLAN sub-interface moor created once no attachment uses them
-        (called under the parent lock, after this attachment's record is gone). Only links moor
-        marked as its own, and only of the kind it made, are ever deleted."""
-        if self.store.users(parent):
+    def _ensure_shim_addrs(self, parent: Link, shim: Link) -> Optional[ShimAddrs]:
+        """The shim's addresses for this network, allocated by the first attachment that needs
+        them and put on the shim (called under the parent lock)."""
+        rec = self.store.shim_get(self.conf.name, parent.name)
+        if rec is None or not rec.addresses:  # none yet, or a pending one an interrupted ADD left
+            self._shim_addrs_made = True
+            rec = shims.allocate(self.store, self.conf, self.environ, self.env.path, parent.name, shim.name)
+        if rec is not None:
+            shims.install(self.host, rec, shim)
+        return rec
+
+    def _release_shared(self, parent: str, leaving: Optional[Attachment] = None) -> None:
+        """Give back this network's shim addresses once none of its attachments uses the parent,
+        then remove the shim and the VLAN sub-interface moor created once no attachment at all
+        does (called under the parent lock; `leaving`: the attachment going away, not counted).
+        Only links moor marked as its own, and only of the kind it made, are ever deleted."""
+        key = (leaving.network, leaving.container_id, leaving.ifname) if leaving else None
+        users = [a for a in self.store.all() if a.parent == parent and (a.network, a.container_id, a.ifname) != key]
+        if not any(a.network == self.conf.name for a in users):
+            rec = self.store.shim_get(self.conf.name, parent)
+            if rec is not None:
+                shims.release(self.host, self.store, rec, self.environ, self.env.path, undo=self._shim_addrs_made)
+        if users:
             return
         for name, kind in ((shim_name(parent), "macvlan"), (parent, "vlan")):
             if not self.store.owned(name):
@@ -94,22 +114,27 @@ class MacvlanPlugin(Mode):
                 self.host.link_del(link.index)
             self.store.unmark_owned(name)
 
-    def _attach(self, att: Attachment, master: Link) -> tuple[Link, Optional[Link]]:
+    def _attach(self, att: Attachment, master: Link) -> tuple[Link, Optional[Link], dict]:
+        """Record the attachment and make what it shares with others on the parent: the VLAN
+        sub-interface, the shim and the shim's addresses (all under the parent lock, so parallel
+        ADDs make each once). Returns the parent, the shim and the shim's source address per family."""
         att.parent = self._parent_name(master)
         with self.store.lock(att.parent):
             try:
                 parent = self._ensure_parent(master)
                 shim = self._ensure_shim(parent) if self.conf.host_shim else None
+                rec = self._ensure_shim_addrs(parent, shim) if shim is not None else None
                 att.shim = shim.name if shim else ""
                 self.store.put(att)
             except BaseException:
-                self._release_shared(att.parent)
+                self._release_shared(att.parent, att)
                 raise
-        return parent, shim
+        return parent, shim, shims.sources(rec)
 
     def _detach(self, att: Attachment) -> None:
         """Forget an attachment: its shim routes (unless another attachment now holds the IP),
-        its record, and the shared links it was the last user of. Idempotent."""
+        the shared things it was the last user of, then its record (last: a release that fails
+        leaves the record, so the runtime's retried DEL releases again). Idempotent."""
         if not att.parent:
             return
         with self.store.lock(att.parent):
@@ -121,13 +146,18 @@ class MacvlanPlugin(Mode):
                     if cidr not in claimed and shim is not None:
                         dst = ipaddress.ip_network(ipaddress.ip_interface(cidr).ip)
                         self.host.route_del(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
+            self._release_shared(att.parent, att)
             self.store.remove(att.network, att.container_id, att.ifname)
-            self._release_shared(att.parent)
 
-    def _shim_routes(self, ips: list[str], shim: Link) -> None:
+    def _shim_routes(self, ips: list[str], shim: Link, srcs: dict) -> None:
         for cidr in ips:
-            dst = ipaddress.ip_network(ipaddress.ip_interface(cidr).ip)
-            self.host.route_replace(dst, oif=shim.index, proto=RTPROT_MOOR_SHIM)
+            ip = ipaddress.ip_interface(cidr).ip
+            src = srcs.get(ip.version)
+            if src is None:
+                print(f"moor: the host shim has no IPv{ip.version} address; the node reaches {ip} from "
+                      "whatever source the kernel picks", file=sys.stderr)
+            # replace: a route written before the shim had an address gains its src in place
+            self.host.route_replace(ipaddress.ip_network(ip), oif=shim.index, proto=RTPROT_MOOR_SHIM, src=src)
 
     # -- ADD ---------------------------------------------------------------------------------
     def add(self, steps: Steps) -> Result:
@@ -154,11 +184,17 @@ class MacvlanPlugin(Mode):
             ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
                              self._ipam_undo)
         mac = self._choose_mac(ipam.ips)
+        if c.host_shim is not None and c.host_shim.addresses:
+            have = {a.version for a in c.host_shim.addresses}
+            for ip in ipam.ips:
+                if ip.version not in have:  # undone: the IPAM step's undo gives the pod's IP back
+                    raise CNIError(INVALID_CONFIG, f"invalid network config: 'hostShim.addresses' has no IPv"
+                                   f"{ip.version} address for the pod's {ip.address}")
 
         att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
                          parent="", mac=mac, netns=env.netns,
                          ips=[str(i.address) for i in ipam.ips])
-        parent, shim = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
+        parent, shim, srcs = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
 
         steps.run("link", lambda: self.host.macvlan_add(env.ifname, parent.index, c.macvlan_mode, mac=mac,
                                                        mtu=c.mtu, netns_fd=nsfd),
@@ -177,7 +213,7 @@ class MacvlanPlugin(Mode):
         routes = self._pod_routes(ipam)
         steps.run("routes", lambda: self._install_routes(pod, link, ipam, routes))
         if shim is not None:  # undone by the parent step's _detach, which removes them
-            steps.run("shim-routes", lambda: self._shim_routes(att.ips, shim))
+            steps.run("shim-routes", lambda: self._shim_routes(att.ips, shim, srcs))
         steps.run("announce", lambda: self._announce(nsfd, link, ipam.ips))
 
         return self._result(link, ipam, routes)
@@ -288,6 +324,9 @@ class MacvlanPlugin(Mode):
         if att.netns:
             self._delete_link_in(att.netns, att.ifname, "macvlan")
         self._detach(att)
+
+    def _ipam_gc_keep(self) -> list[dict[str, str]]:
+        return shims.gc_keep(self.store, self.conf.name)
 
     def status(self) -> None:
         self._master(code=NOT_AVAILABLE)

@@ -141,7 +141,15 @@ class Mode:
                     delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
                 lock.discard()
         if ipam_gc:
-            self._ipam("GC")
+            keep = self._ipam_gc_keep()
+            conf = dict(self.conf.raw, **{k: list(self.conf.raw[k]) + keep for k in config.GC_KEYS
+                                          if k in self.conf.raw})
+            delegate.run(self.conf.ipam["type"], "GC", self.environ, self.env.path, conf)
+
+    def _ipam_gc_keep(self) -> list[dict[str, str]]:
+        """Allocations of this network that belong to no container the runtime lists, yet are
+        live (a host shim's addresses), as entries for the IPAM GC's list of valid attachments."""
+        return []
 
     # -- CHECK: what every mode verifies; the modes add their own host and link checks ---------
     def check(self) -> None:

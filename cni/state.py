@@ -34,6 +34,19 @@ class Attachment:
     gc_seen: int = 0  # a GC found it missing from the runtime's list once; the next GC releases it
 
 
+@dataclass
+class ShimAddrs:
+    """The host shim's addresses for one network on one parent: what ADD put on the shim and,
+    when the network's IPAM gave them, how to give them back (DEL with the same identity and
+    config). Written before the IPAM ADD, so a crash in between leaves a record to clean up."""
+    network: str
+    parent: str
+    shim: str  # the shim link's name
+    addresses: list[str] = field(default_factory=list)  # CIDRs, one per IP family; [] while pending
+    ipam_conf: dict = field(default_factory=dict)  # the config IPAM ADD got; {}: static addresses
+    ipam_id: str = ""  # the CNI_CONTAINERID IPAM knows the shim by
+
+
 def _io_error(what: str, path: str, e: OSError) -> CNIError:
     return CNIError(IO_FAILURE, f"cannot {what} {path}: {e.strerror or e}")
 
@@ -136,6 +149,68 @@ class Store:
         except FileNotFoundError:
             return []
 
+    # -- the host shim's addresses (kept apart from attachments: GC must never judge them) -----
+    def _shim_path(self, network: str, parent: str) -> str:
+        return os.path.join(self.root, "shims", digest(network, parent) + ".json")
+
+    def shim_get(self, network: str, parent: str) -> Optional[ShimAddrs]:
+        path = self._shim_path(network, parent)
+        try:
+            with open(path) as f:
+                rec = ShimAddrs(**json.load(f))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _io_error("read", path, e) from e
+        except (ValueError, TypeError) as e:
+            # unreadable: treated as pending (no addresses known) so the next ADD re-allocates
+            print(f"moor: ignoring the unreadable shim record {path}: {e}", file=sys.stderr)
+            return None
+        return rec if (rec.network, rec.parent) == (network, parent) else None
+
+    def shim_put(self, rec: ShimAddrs) -> None:
+        path = self._shim_path(rec.network, rec.parent)
+        tmp = path + ".tmp"  # writers hold the parent lock
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(asdict(rec), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _io_error("write the shim record", path, e) from e
+
+    def shim_remove(self, network: str, parent: str) -> None:
+        path = self._shim_path(network, parent)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _io_error("remove", path, e) from e
+
+    def shims(self, network: str) -> list[ShimAddrs]:
+        d = os.path.join(self.root, "shims")
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            if not n.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(d, n)) as f:
+                    rec = ShimAddrs(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                continue
+            if rec.network == network:
+                out.append(rec)
+        return out
+
     # -- one operation per attachment --------------------------------------------------------
     def attachment_lock(self, network: str, container_id: str, ifname: str, wait: bool = True):
         """The attachment's lock, held for a whole ADD, DEL, CHECK or GC of it (cni.lock.held)."""
@@ -143,9 +218,6 @@ class Store:
                     f"container {container_id[:64]} {ifname}", wait)
 
     # -- shared node objects (a VLAN sub-interface, a host shim) ----------------------------
-    def users(self, parent: str) -> int:
-        return sum(1 for a in self.all() if a.parent == parent)
-
     def _owned(self, link: str) -> str:
         return os.path.join(self.root, "owned", link)
 

@@ -223,6 +223,18 @@ class RTNL:
         body += w.attr(w.IFA_LOCAL, packed) + w.attr(w.IFA_ADDRESS, packed) + w.attr_u32(w.IFA_FLAGS, flags)
         self._request(w.RTM_NEWADDR, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"add address {iface}")
 
+    def addr_del(self, index: int, iface: IPIf) -> bool:
+        """Remove an address from a link; False when it was not there (or the link is gone)."""
+        fam = _family(iface.version)
+        body = w.IFADDRMSG.pack(fam, iface.network.prefixlen, 0, 0, index) + w.attr(w.IFA_LOCAL, iface.ip.packed)
+        try:
+            self._request(w.RTM_DELADDR, 0, body, f"delete address {iface}")
+        except NetlinkError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT, errno.ESRCH):
+                return False
+            raise
+        return True
+
     def addrs(self, index: int = 0) -> list[IPIf]:
         out: list[IPIf] = []
         for m in self._request(w.RTM_GETADDR, w.NLM_F_DUMP, w.IFADDRMSG.pack(0, 0, 0, 0, 0), "dump addresses"):
@@ -239,7 +251,7 @@ class RTNL:
 
     # -- routes ----------------------------------------------------------------------------
     def _route_body(self, dst: IPNet, oif: int, gateway: Optional[IPAddr], proto: int, scope: int,
-                    onlink: bool, table: int, priority: int = 0) -> bytes:
+                    onlink: bool, table: int, priority: int = 0, src: Optional[IPAddr] = None) -> bytes:
         fam = _family(dst.version)
         body = w.RTMSG.pack(fam, dst.prefixlen, 0, 0, table if table < 256 else 252, proto, scope,
                             w.RTN_UNICAST, w.RTNH_F_ONLINK if onlink else 0)
@@ -251,16 +263,19 @@ class RTNL:
             body += w.attr(w.RTA_GATEWAY, gateway.packed)
         if priority:
             body += w.attr_u32(w.RTA_PRIORITY, priority)
+        if src is not None:  # the source the node's own packets on this route carry (`ip route ... src`)
+            body += w.attr(w.RTA_PREFSRC, src.packed)
         body += w.attr_u32(w.RTA_TABLE, table)
         return body
 
     def route_replace(self, dst: IPNet, oif: int = 0, gateway: Optional[IPAddr] = None, proto: int = 4,
                       scope: Optional[int] = None, onlink: bool = False, table: int = w.RT_TABLE_MAIN,
-                      priority: int = 0) -> None:
-        """Install or atomically replace a route (make-before-break: never delete-then-add)."""
+                      priority: int = 0, src: Optional[IPAddr] = None) -> None:
+        """Install or atomically replace a route (make-before-break: never delete-then-add);
+        `src` must be an address the node holds."""
         if scope is None:
             scope = w.RT_SCOPE_UNIVERSE if gateway is not None else w.RT_SCOPE_LINK
-        body = self._route_body(dst, oif, gateway, proto, scope, onlink, table, priority)
+        body = self._route_body(dst, oif, gateway, proto, scope, onlink, table, priority, src)
         self._request(w.RTM_NEWROUTE, w.NLM_F_CREATE | w.NLM_F_REPLACE, body, f"replace route {dst}")
 
     def route_replace_multipath(self, dst: IPNet, gateways: list[IPAddr], proto: int,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import pytest
 
 from dataplane.nslab import Lab
-from tests.helpers import Reply, cni_path, files, ns_state, run_cni
+from tests.helpers import Reply, cni_path, files, ipj, ns_state, run_cni
 
 GATEWAY = "192.0.2.1"
 NODE_IP = "192.0.2.2"
@@ -59,6 +59,11 @@ class MacvlanNet:
         r = self.cni("ADD", conf, pod, **kw)
         assert r.code == 0, (r.stdout, r.stderr)
         return r.json
+
+    def shims(self) -> dict[str, list[str]]:
+        """The node's host shims (mshim*) and the addresses each holds."""
+        return {a["ifname"]: [i["local"] for i in a.get("addr_info", []) if i.get("scope") == "global"]
+                for a in ipj(self.node, "addr", "show") if a["ifname"].startswith("mshim")}
 
     def snapshot(self) -> dict:
         """Everything a failed or rolled-back call must leave unchanged."""
