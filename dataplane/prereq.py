@@ -104,10 +104,12 @@ class Forwarding:
 
     def _keep_router_advertisements(self) -> None:
         """conf.all.forwarding=1 makes every interface with accept_ra=1 ignore router
-        advertisements, so a node whose IPv6 default route came from an RA loses it when the route
-        expires (Calico issue 6751; hybridnet PR 367 sets accept_ra=2 for the same reason). Where a
-        route did come from an RA, accept_ra=2 keeps accepting them while forwarding. Nowhere else:
-        on a pod's host veth accept_ra=2 would let the pod announce routes to the node."""
+        advertisements, and the kernel removes the default routes RAs gave it at once
+        (rt6_purge_dflt_routers spares only accept_ra=2 interfaces): a node whose IPv6 default route
+        came from an RA loses it (Calico issue 6751; hybridnet PR 367 sets accept_ra=2 for the same
+        reason). Where a route did come from an RA, accept_ra=2 keeps it and keeps accepting RAs
+        while forwarding. Nowhere else: on a pod's host veth accept_ra=2 would let the pod announce
+        routes to the node."""
         from cni.netlink.rtnl import RTNL
         with RTNL() as nl:
             ra_oifs = {r.oif for r in nl.routes(6) if r.proto == RTPROT_RA and r.oif}
