@@ -154,8 +154,8 @@ def probe(view: AgentView, ready: bool) -> tuple[bytes, bytes]:
 
 
 async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractServer:
-    """GET /metrics in the text exposition format, /healthz and /readyz (see probe()); anything else is 404. OSError when the
-    address cannot be bound."""
+    """GET /metrics in the text exposition format, /healthz and /readyz (see probe()); anything
+    else is 404. OSError when the address cannot be bound."""
     collector = Collector()
     reg = CollectorRegistry()
     reg.register(collector)

@@ -7,13 +7,19 @@ what is missing, and reports it on /healthz and /readyz.
 The peer routes the pod's addresses via the node, as BGP would tell it."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cni.netlink import netns as nsmod
+from dataplane import agent
 from dataplane.nslab import Lab
 from tests.helpers import REPO
 from tests.integration.conftest import NODE_IP, MacvlanNet
@@ -187,3 +193,30 @@ def test_strict_reverse_path_filtering_on_one_of_two_uplinks_is_named(node: Macv
     assert "up1.rp_filter" not in text  # loose
     assert sysctl(lab, net.node, ("net", "ipv4", "conf", "up0", "rp_filter")) == "1"  # told, never changed
     assert "net.ipv4.conf.up0.rp_filter" in components(fetch(net, "/healthz"))["node"]["detail"]
+
+
+def test_a_start_that_fails_after_forwarding_puts_it_back(node: MacvlanNet, monkeypatch, caplog):
+    """The BGP port taken between the bind check and the speaker's own bind: the start fails after
+    forwarding was turned on, and puts both sysctls back (moord's run() in this process, inside
+    the node netns, as tests/unit/test_moord_start.py does on loopback)."""
+    net, lab = node, node.lab
+    monkeypatch.setattr(agent, "_check_bgp_bind", lambda address, port: None)
+    conf = agent.load(json.dumps({
+        "bgp": {"asn": 65001, "routerId": NODE_IP, "listenPort": 1179, "nextHopIPv6": NODE_IP6,
+                "gracefulRestart": {"stateFile": str(net.tmp / "gr.json")}},
+        "api": {"socket": ""}, "cni": {"socket": ""}, "metrics": {"port": 0}, "probe": {"enabled": False}}))
+    fd = nsmod.open_netns(Lab.path(net.node))
+    try:
+        with nsmod.entered(fd), socket.socket() as busy, caplog.at_level(logging.INFO, logger="moord.node"):
+            busy.bind(("0.0.0.0", 1179))
+            busy.listen(1)
+            with pytest.raises(agent.StartError, match="bgp.listenPort 1179: cannot bind"):
+                asyncio.run(agent.run(conf, asyncio.Event()))
+    finally:
+        os.close(fd)
+    assert (sysctl(lab, net.node, V4), sysctl(lab, net.node, V6)) == ("0", "0")
+    lines = [r.getMessage() for r in caplog.records if r.name == "moord.node"]
+    assert lines[:2] == ["net.ipv4.ip_forward 0 -> 1 (IPv4 forwarding: pods are routed through the node)",
+                         "net.ipv6.conf.all.forwarding 0 -> 1 (IPv6 forwarding: bgp.nextHopIPv6 is set)"]
+    assert lines[2:] == ["net.ipv6.conf.all.forwarding 1 -> 0 (undone: the start failed)",
+                         "net.ipv4.ip_forward 1 -> 0 (undone: the start failed)"]
