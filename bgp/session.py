@@ -295,7 +295,7 @@ class Session:
             log.warning("peer %s: %s", self.peer.address, e)
             why = str(e)
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
-            log.info("peer %s: connection lost: %s", self.peer.address, e)
+            log.debug("peer %s: connection lost: %s", self.peer.address, e)  # the state change says so
             graceful = not self._dropped and not self._stopped  # we did not end it ourselves
             why = ("stopped" if self._stopped else "dropped by us" if self._dropped
                    else f"connection lost: {e}")
