@@ -91,6 +91,7 @@ class Session:
         self.on_state = on_state or (lambda p, s: None)
         self.on_down = on_down or (lambda s, graceful: None)  # after Established ends
         self.state = IDLE
+        self._last_failure = ""  # why the last connect failed, while retrying
         self.first = True  # no session yet since this process started (the R bit's scope)
         self.hold_time = peer.hold_time if peer.hold_time is not None else local.hold_time  # what we offer
         self.bind_address = ""  # source of our connections (the speaker's listen address)
@@ -114,9 +115,19 @@ class Session:
         self._ignored: set[tuple[int, int]] = set()
         self._accepted: set[Prefix] = set()
 
-    def _set(self, state: str) -> None:
+    def _set(self, state: str, reason: str) -> None:
         if state != self.state:
-            log.info("peer %s: %s -> %s", self.peer.address, self.state, state)
+            # a peer that stays unreachable is retried every few seconds: its first failure is an INFO
+            # line, each retry (Active -> Connect) and each failure like the last one DEBUG
+            retry = (self.state, state) == (ACTIVE, CONNECT) or (
+                (self.state, state) == (CONNECT, ACTIVE) and reason == self._last_failure)
+            log.log(logging.DEBUG if retry else logging.INFO, "peer %s: %s -> %s (%s)", self.peer.address,
+                    self.state, state, reason,
+                    extra={"peer": self.peer.address, "old": self.state, "new": state, "reason": reason})
+            if state == ACTIVE:
+                self._last_failure = reason
+            elif state != CONNECT:  # it got further: the next failure is news
+                self._last_failure = ""
             self.state = state
             self.on_state(self.peer.address, state)
 
@@ -138,12 +149,13 @@ class Session:
             if (wait := self._idle_until - loop.time()) > 0:  # after the prefix limit: leave the peer alone
                 await asyncio.sleep(wait)
                 continue
-            self._set(CONNECT)
+            self._set(CONNECT, f"connecting to port {self.peer.port}")
             try:
                 reader, writer = await asyncio.wait_for(self._connect(), self.local.connect_retry_s)
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as e:
                 if not self.busy():  # the peer's connection may be serving meanwhile: its state stands
-                    self._set(ACTIVE)
+                    self._set(ACTIVE, f"no connection within {self.local.connect_retry_s:g} s"
+                              if isinstance(e, asyncio.TimeoutError) else f"connect failed: {e.strerror or e}")
                 await asyncio.sleep(self.local.connect_retry_s)
                 continue
             try:
@@ -272,26 +284,32 @@ class Session:
         self._disabled, self._ignored, self._accepted = set(), set(), set()
         # RFC 4724: a peer that restarts gracefully drops the TCP connection without a NOTIFICATION
         graceful = False
+        why = "closed"
         try:
             await self._session(reader, peer_open)
         except BGPError as e:
             log.warning("peer %s: %s; sending NOTIFICATION %d/%d", self.peer.address, e, e.code, e.subcode)
+            why = f"{e}; NOTIFICATION {e.code}/{e.subcode} sent"
             await self._send(notification.Notification(e.code, e.subcode, e.data).encode())
         except PeerNotified as e:
             log.warning("peer %s: %s", self.peer.address, e)
+            why = str(e)
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
-            log.info("peer %s: connection lost: %s", self.peer.address, e)
+            log.debug("peer %s: connection lost: %s", self.peer.address, e)  # the state change says so
             graceful = not self._dropped and not self._stopped  # we did not end it ourselves
+            why = ("stopped" if self._stopped else "dropped by us" if self._dropped
+                   else f"connection lost: {e}")
         except Exception:
             # a bug (here or in a route callback) ends this session, never the task serving the peer;
             # a Cease, so the peer does not take the silence for a graceful restart
             log.exception("peer %s: internal error, closing the session", self.peer.address)
+            why = "internal error; Cease sent"
             await self._send(notification.Notification(CEASE, 0).encode())
         finally:
             writer.close()
             self.writer = None
             was = self.state
-            self._set(IDLE)
+            self._set(IDLE, why)
             self._idle.set()
             if was == ESTABLISHED:
                 self.on_down(self, graceful and self.peer_gr() is not None)
@@ -385,21 +403,21 @@ class Session:
     async def _session(self, reader: asyncio.StreamReader, peer_open: bopen.Open | None) -> None:
         if peer_open is None:
             await self._send(self.open_message().encode())
-            self._set(OPENSENT)
+            self._set(OPENSENT, "OPEN sent")
             peer_open = self.accept_open(*await self._next(reader, self.local.open_wait_s))
         self.peer_open = peer_open
         self.hold = min(self.hold_time, peer_open.hold_time)  # what we advertised, and theirs
         if self.hold and self.hold < 3:
             self.hold = 3
         await self._send(KEEPALIVE_BYTES)
-        self._set(OPENCONFIRM)
+        self._set(OPENCONFIRM, f"OPEN received, hold time {self.hold} s")
         mtype, body = await self._next(reader, self.hold or self.local.open_wait_s)
         if mtype == NOTIFICATION:
             n = notification.decode(body)
             raise PeerNotified(f"peer sent NOTIFICATION {n.code}/{n.subcode}")
         if mtype != KEEPALIVE:
             raise BGPError(FSM_ERROR, 2, f"expected KEEPALIVE in OpenConfirm, got type {mtype}")
-        self._set(ESTABLISHED)
+        self._set(ESTABLISHED, "KEEPALIVE received")
         self.first = False
         if self._pending_in is self.writer:  # no longer pending: a new connection is a collision now
             self._pending_in = None

@@ -35,8 +35,9 @@ from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
 from bgp.speaker import Speaker, canonical
 
+from . import logs
 from . import metrics as metrics_server
-from . import restart
+from . import prereq, restart
 from .api import server as api_server
 from .cniserver import CNIServer
 from .fib import Fib
@@ -71,11 +72,12 @@ class AgentConfig:
     metrics_port: int = 9653  # 0: no metrics
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     ipam_config: str = ""  # the CNI network config whose moor-ipam reservations the API shows
+    node: prereq.NodeConfig = field(default_factory=prereq.NodeConfig)
 
 
 # -- the schema: every key moord knows, per section -------------------------------------------------
 KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("bgp", "api", "cni", "metrics", "probe", "ipam"),
+    "": ("bgp", "api", "cni", "metrics", "probe", "ipam", "node"),
     "bgp": ("asn", "routerId", "listenAddress", "listenPort", "holdTime", "nextHopIPv6", "peers", "gracefulRestart",
             "installLearned", "advertise"),
     "bgp.peers[]": ("address", "asn", "passive", "port", "holdTime", "communities", "password", "ttlSecurity",
@@ -87,6 +89,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "metrics": ("address", "port"),
     "probe": ("enabled", "sessionLimit", "sessionAgingSeconds", "maxSessions"),
     "ipam": ("config",),
+    "node": ("forwarding",),
 }
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
@@ -349,7 +352,7 @@ def load(text: str) -> AgentConfig:
     stale_time = gr.get("staleRoutesTime", "number", 360)
     if stale_time < 0:
         raise ConfigError(f"bgp.gracefulRestart.staleRoutesTime {stale_time}: must be >= 0 seconds")
-    api, cni, met, pr, ipam = (top.section(k) for k in ("api", "cni", "metrics", "probe", "ipam"))
+    api, cni, met, pr, ipam, node = (top.section(k) for k in ("api", "cni", "metrics", "probe", "ipam", "node"))
     aging = pr.get("sessionAgingSeconds", "number", 300)
     if aging <= 0:
         raise ConfigError(f"probe.sessionAgingSeconds {aging}: must be > 0 seconds")
@@ -365,7 +368,22 @@ def load(text: str) -> AgentConfig:
                        cni_socket=cni.path("socket", "/run/moor/cni.sock", writes=True, socket_file=True, off=True),
                        metrics_address=met.ip("address", "0.0.0.0"),
                        metrics_port=met.int_in("port", 0, 65535, 9653, what=" (0 turns metrics off)"),
-                       probe=probe, ipam_config=ipam.path("config", "", writes=False, off=True))
+                       probe=probe, ipam_config=ipam.path("config", "", writes=False, off=True),
+                       node=prereq.NodeConfig(forwarding=_forwarding(node)))
+
+
+def _forwarding(node: _Section) -> str:
+    val = node.doc.get("forwarding")
+    if val is None:
+        return "auto"
+    if isinstance(val, bool):  # YAML 1.1 reads on and off unquoted as booleans
+        return "on" if val else "off"
+    modes = ", ".join(prereq.FORWARDING_MODES[:-1]) + " or " + prereq.FORWARDING_MODES[-1]
+    if not isinstance(val, str):
+        raise ConfigError(f"node.forwarding must be {modes}, got {_got(val)}")
+    if val not in prereq.FORWARDING_MODES:
+        raise ConfigError(f"node.forwarding {_show(val)}: must be {modes}")
+    return val
 
 
 # -- start-up: bind everything, then BGP ----------------------------------------------------------
@@ -421,9 +439,37 @@ def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
             probe.start()
             setattr(view, attr, probe)
             view.components[name] = Component(name, True, what)
+            log.info("%s loaded: %s", name, what, extra={"probe": name})
         except Exception as e:  # ProbeUnavailable, or bcc failing in its own ways
             view.components[name] = Component(name, False, str(e))
-            log.warning("%s not loaded: %s", name, e)
+            log.warning("%s not loaded: %s", name, e, extra={"probe": name})
+
+
+def _prerequisites(conf: AgentConfig, fwd: prereq.Forwarding, present: list) -> None:
+    """Forwarding for the families the pods use: IPv4 always, IPv6 when the config or a pod route
+    already in the table uses it (a later IPv6 pod route turns it on then, see run()). Not both
+    always: IPv6 forwarding changes how the node treats router advertisements (see prereq), a
+    change no IPv4-only node should get. Then the checks that only warn."""
+    if conf.node.forwarding == "on":
+        fwd.need(4, "node.forwarding on")
+        fwd.need(6, "node.forwarding on")
+    else:
+        fwd.need(4, "pods are routed through the node")
+        why6 = prereq.ipv6_in_config(conf.peers, conf.advertise_blocks, conf.local.next_hop6)
+        why6 = why6 or next((f"IPv6 pod route {r.dst}" for r in present if r.dst.version == 6), "")
+        if why6:
+            fwd.need(6, why6)
+    try:
+        fwd.missing += prereq.check_rp_filter(conf.peers)
+    except OSError as e:
+        log.warning("cannot check reverse-path filtering on the uplinks: %s", e.strerror or e)
+
+
+def _node_component(view: AgentView, fwd: prereq.Forwarding) -> None:
+    on = [f"IPv{v}" for v, ok in sorted(fwd.handled.items()) if ok]
+    detail = f"forwarding {', '.join(on) or 'off'}" + (f"; not as routed mode needs: {', '.join(fwd.missing)}"
+                                                       if fwd.missing else "")
+    view.components["node"] = Component("node", not fwd.missing, detail)
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -458,8 +504,9 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
     raises StartError naming the config key, after undoing what had started."""
     loop = asyncio.get_running_loop()
     gr_peers = any(p.graceful_restart for p in conf.peers)
-    view = AgentView(ipam_config=conf.ipam_config, probe_conf=conf.probe)
+    view = AgentView(ipam_config=conf.ipam_config, probe_conf=conf.probe, cni_socket=conf.cni_socket)
     api = cni = metrics = fib = watch = speaker = settling = loading = None
+    fwd = prereq.Forwarding(conf.node.forwarding)
     api_ino = 0
     state_began, previous_state = False, None
     serving = False  # start-up done: from here a stop is a stop, not an undo
@@ -474,7 +521,7 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             except api_server.ServeError as e:
                 raise StartError(f"api.socket {conf.api_socket}: {e}") from None
             api_ino = os.stat(conf.api_socket).st_ino if os.path.exists(conf.api_socket) else 0
-            log.info("API on unix:%s", conf.api_socket)
+            log.info("API on unix:%s", conf.api_socket, extra={"endpoint": f"unix:{conf.api_socket}"})
         if conf.cni_socket:
             cni = CNIServer(conf.cni_socket)
             try:
@@ -482,14 +529,17 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             except api_server.ServeError as e:
                 cni = None
                 raise StartError(f"cni.socket {conf.cni_socket}: {e}") from None
-            log.info("CNI calls served on unix:%s", conf.cni_socket)
+            view.cni = cni
+            log.info("CNI calls served on unix:%s", conf.cni_socket, extra={"endpoint": f"unix:{conf.cni_socket}"})
         if conf.metrics_port:
             try:
                 metrics = await metrics_server.serve(view, conf.metrics_address, conf.metrics_port)
             except OSError as e:
                 raise _bind_error("metrics.address", "metrics.port", conf.metrics_address, conf.metrics_port,
                                   e) from None
-            log.info("metrics on http://%s/metrics", _endpoint(conf.metrics_address, conf.metrics_port))
+            where = _endpoint(conf.metrics_address, conf.metrics_port)
+            log.info("metrics on http://%s/metrics, health on /healthz and /readyz", where,
+                     extra={"endpoint": f"http://{where}"})
         _check_bgp_bind(conf.listen_address, conf.listen_port)
 
         # 2. graceful-restart state, learned routes, the kernel table
@@ -525,6 +575,9 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
         view.speaker = speaker
 
         def changed(route, present: bool) -> None:
+            if present and route.dst.version == 6 and 6 not in fwd.handled:  # the first IPv6 pod
+                fwd.need(6, f"IPv6 pod route {route.dst}")
+                _node_component(view, fwd)
             if present:
                 speaker.announce(route.dst)
             else:
@@ -543,6 +596,12 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 raise StartError(f"bgp.advertise.podRoutes: cannot follow the kernel routing table: {e}") from None
             for r in present:
                 speaker.announce(r.dst)
+        else:
+            present = []
+
+        # forwarding before BGP: once peers learn our routes, packets for the pods arrive
+        _prerequisites(conf, fwd, present)
+        _node_component(view, fwd)
 
         # 3. BGP, last: its sessions start connecting as soon as it listens
         try:
@@ -557,7 +616,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             raise StartError(f"bgp.listenAddress {conf.listen_address}: cannot listen on port {conf.listen_port}: "
                              f"{e.strerror or e}" + (f" (TCP MD5 or GTSM of {', '.join(secured)})" if secured
                                                      else "")) from None
-        log.info("BGP on %s, %d peer(s)", _endpoint(conf.listen_address, conf.listen_port), len(conf.peers))
+        log.info("BGP on %s, %d peer(s)", _endpoint(conf.listen_address, conf.listen_port), len(conf.peers),
+                 extra={"endpoint": _endpoint(conf.listen_address, conf.listen_port)})
 
         async def settle() -> None:
             # routes the previous agent installed stay until the peers resent theirs (RFC 4724 4.1),
@@ -573,9 +633,12 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
         else:
             view.components["probe"] = Component("probe", True, "disabled in moord's config")
-        serving = True
+            log.info("probes not loaded: disabled in moord's config (probe.enabled)")
+        serving = view.serving = True
+        log.info("ready: start-up done")
         await stop.wait()
     finally:
+        view.serving = False  # /readyz says so while the rest stops
         graceful = serving and gr_peers and graceful_stop is not None and graceful_stop.is_set()
         if settling is not None:
             settling.cancel()
@@ -603,6 +666,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 _quietly_sync("removing learned routes", fib.flush)
             # a start that failed leaves the previous agent's routes forwarding, for the next one
             fib.close()
+        if not serving:
+            fwd.undo()
         if state_began and not serving:
             _quietly_sync("restoring the graceful-restart state", _restore_state, conf.state_file, previous_state)
         elif gr_peers and serving and not graceful:
@@ -636,10 +701,18 @@ def _quietly_sync(what: str, fn, *args) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="moord", description="moor's node agent")
     ap.add_argument("--config", required=True)
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="DEBUG lines too (INFO and up without it)")
+    ap.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="json: one JSON object per line (ts, level, logger, msg and the line's fields)")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(message)s")
+    logs.setup(sys.stderr, a.log_format, a.verbose)
+
+    def fail(message: str) -> int:
+        if a.log_format == "json":  # every line of a JSON log parses, the last one too
+            log.error(message)
+        else:
+            print(f"moord: {message}", file=sys.stderr)
+        return 2
     try:
         with open(a.config, "rb") as f:
             raw = f.read()
@@ -649,29 +722,33 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"not UTF-8 text (byte {e.start})") from None
         conf = load(expand_env(text, os.environ))
     except OSError as e:
-        print(f"moord: {a.config}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return fail(f"{a.config}: {e.strerror or e}")
     except ConfigError as e:
-        print(f"moord: {a.config}: {e}", file=sys.stderr)
-        return 2
+        return fail(f"{a.config}: {e}")
+    gr_peers = any(p.graceful_restart for p in conf.peers)
 
     async def _main() -> None:
         stop, graceful = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def restart_stop() -> None:
-            graceful.set()
+        def on_signal(sig: signal.Signals) -> None:
+            restart_stop = sig == signal.SIGTERM and gr_peers
+            log.info("shutting down on %s: %s", sig.name, "a restart stop (graceful-restart peers keep our routes, "
+                     "learned routes stay in the kernel)" if restart_stop else "a full shutdown",
+                     extra={"signal": sig.name, "graceful": restart_stop})
+            if sig == signal.SIGTERM:
+                graceful.set()
             stop.set()
         # SIGTERM (a DaemonSet update, a restart): with graceful restart configured, peers keep our
         # routes and learned routes keep forwarding until we are back. SIGINT: a full shutdown.
-        loop.add_signal_handler(signal.SIGTERM, restart_stop)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
         await run(conf, stop, graceful)
     try:
         asyncio.run(_main())
     except StartError as e:
-        print(f"moord: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
+    log.info("stopped")
     return 0
 
 

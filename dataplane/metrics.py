@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -139,9 +140,22 @@ class Collector:
             yield per
 
 
+def probe(view: AgentView, ready: bool) -> tuple[bytes, bytes]:
+    """/healthz (liveness: answered on the event loop, so an answer means the loop runs; always
+    200) or /readyz (200 once start-up is done and the CNI socket listens, 503 otherwise), each
+    with the component states. Read on the loop, nothing that can block: a probe never waits."""
+    if ready:
+        ok, comps = view.readiness()
+    else:
+        ok, comps = True, view.health()
+    doc = {"status": ("ready" if ok else "not ready") if ready else "alive",
+           "components": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in comps]}
+    return json.dumps(doc).encode() + b"\n", b"200 OK" if ok else b"503 Service Unavailable"
+
+
 async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractServer:
-    """GET /metrics in the text exposition format; anything else is 404. OSError when the
-    address cannot be bound."""
+    """GET /metrics in the text exposition format, /healthz and /readyz (see probe()); anything
+    else is 404. OSError when the address cannot be bound."""
     collector = Collector()
     reg = CollectorRegistry()
     reg.register(collector)
@@ -158,12 +172,16 @@ async def serve(view: AgentView, address: str, port: int) -> asyncio.AbstractSer
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path.split(b"?")[0] == b"/metrics":
+            path = (request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"").split(b"?")[0]
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+            if path == b"/metrics":
                 body, status = await expose(), b"200 OK"
+            elif path in (b"/healthz", b"/readyz"):
+                body, status = probe(view, path == b"/readyz")
+                ctype = b"application/json"
             else:
-                body, status = b"not found: try /metrics\n", b"404 Not Found"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                body, status = b"not found: try /metrics, /healthz or /readyz\n", b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\n"
                          + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
             await writer.drain()
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):

@@ -684,6 +684,8 @@ class RouteWatch:
                 yield
         after_loss, self._after_loss = self._after_loss, False
         log.log(logging.WARNING if after_loss else logging.INFO,
-                "route watch: table read again%s: %d routes (%d before; %d gone, %d new), %d events during the "
-                "read applied after it; %.2f s", " after a loss" if after_loss else "", len(fresh), before,
-                len(gone), added, during, time.monotonic() - t0)
+                "route watch: table read again%s (re-read #%d): %d routes (%d before; %d gone, %d new), %d events "
+                "during the read applied after it; %.2f s", " after a loss" if after_loss else "", self.resyncs,
+                len(fresh), before, len(gone), added, during, time.monotonic() - t0,
+                extra={"resyncs": self.resyncs, "losses": self.overflows, "routes": len(fresh), "gone": len(gone),
+                       "new": added})

@@ -60,6 +60,9 @@ class AgentView:
     drops: object = None  # dataplane.probe.drops.DropProbe, when loaded
     sessions: object = None  # dataplane.probe.sessions.SessionProbe, when loaded
     components: dict = field(default_factory=dict)  # name -> Component
+    serving: bool = False  # start-up done and not yet stopping (run() sets it)
+    cni_socket: str = ""  # the CNI socket moord serves ("": off)
+    cni: object = None  # dataplane.cniserver.CNIServer, once started
     state_since: dict = field(default_factory=dict)  # peer -> unix time of its last state change
     session_history: list = field(default_factory=list)  # (time, active) for the growth rate
     _pods: tuple = (0.0, {}, {})  # (read at, netns inode -> PodRef, netns cookie -> PodRef)
@@ -152,6 +155,19 @@ class AgentView:
             self.session_history.append((now, pr.active))
             del self.session_history[:-120]
         return pr, stats, self.sessions.dropped(), ""
+
+    def readiness(self) -> tuple[bool, list[Component]]:
+        """Ready: start-up done, and the CNI socket listening when one is configured. BGP is not a
+        condition: a node with no peer up still sets up pods, which are announced once one is."""
+        if not self.cni_socket:
+            cni = Component("cni", True, "cni.socket is off: the plugin works in its own process")
+        else:
+            server = getattr(self.cni, "server", None)
+            up = server is not None and server.is_serving()
+            cni = Component("cni", up, f"unix:{self.cni_socket} {'listening' if up else 'not listening'}")
+        start = Component("start-up", self.serving, "done" if self.serving else "not done (or stopping)")
+        comps = [start, cni] + self.health()
+        return start.ok and cni.ok, comps
 
     def health(self) -> list[Component]:
         out = list(self.components.values())

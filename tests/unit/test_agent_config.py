@@ -56,6 +56,7 @@ def full(tmp: Path) -> dict:
         "metrics": {"address": "127.0.0.1", "port": 0},
         "probe": {"enabled": False, "sessionLimit": 500000, "sessionAgingSeconds": 30, "maxSessions": 4096},
         "ipam": {"config": str(tmp / "net.d" / "10-moor.conflist")},
+        "node": {"forwarding": "off"},
     }
 
 
@@ -78,6 +79,7 @@ def test_good_full_config(tmp_path):
         False, 500000, 30.0, 4096)
     assert c.ipam_config == doc["ipam"]["config"]
     assert (p0.max_prefixes, p1.max_prefixes) == (1000, 0)
+    assert c.node.forwarding == "off"
 
 
 def test_the_schema_covers_every_key_of_the_full_config(tmp_path):
@@ -209,6 +211,15 @@ BAD = [
     (T(metrics={"adress": "127.0.0.1"}), "metrics.adress: unknown key (did you mean address?)"),
     (T(probe={"enable": True}), "probe.enable: unknown key (did you mean enabled?)"),
     (T(ipam={"conf": "/x"}), "ipam.conf: unknown key (did you mean config?)"),
+    (T(node={"forwardng": "on"}), "node.forwardng: unknown key (did you mean forwarding?)"),
+    (B(forwarding="on"), "bgp.forwarding: unknown key here (it belongs in node)"),
+    # node
+    (T(node="on"), "node must be a mapping, got 'on'"),
+    (T(node={"forwarding": "yes"}), "node.forwarding yes: must be auto, on or off"),
+    (T(node={"forwarding": ""}), "node.forwarding '': must be auto, on or off"),
+    (T(node={"forwarding": "ON"}), "node.forwarding ON: must be auto, on or off"),
+    (T(node={"forwarding": 1}), "node.forwarding must be auto, on or off, got 1"),
+    (T(node={"forwarding": ["on"]}), "node.forwarding must be auto, on or off, got ['on']"),
     (B(stateFile="/tmp/gr.json"), "bgp.stateFile: unknown key here (it belongs in bgp.gracefulRestart)"),
     (B(frobnicate=1), "bgp.frobnicate: unknown key (known: asn, routerId,"),
     ("bgp: {asn: 1, routerId: 192.0.2.2, 7: x}", "bgp.7: unknown key"),
@@ -267,6 +278,18 @@ def test_cni_socket(tmp_path):
         load(T(cni={"socket": "run/c.sock"}))
     with pytest.raises(ConfigError, match="cni.sockt: unknown key"):
         load(T(cni={"sockt": "/x"}))
+
+
+def test_node_forwarding():
+    assert load(T()).node.forwarding == "auto"  # the default: IPv4, and IPv6 once it is in use
+    for mode in ("auto", "on", "off"):
+        assert load(T(node={"forwarding": mode})).node.forwarding == mode
+    # YAML 1.1 reads on/off unquoted as booleans: they mean what they say
+    base = "bgp: {asn: 65001, routerId: 192.0.2.2}\n"
+    assert load(base + "node: {forwarding: off}").node.forwarding == "off"
+    assert load(base + "node: {forwarding: on}").node.forwarding == "on"
+    assert load(base + "node: {forwarding: auto}").node.forwarding == "auto"
+    assert load(base + "node: {}").node.forwarding == "auto"
 
 
 def test_max_prefixes_reaches_the_peer_config():

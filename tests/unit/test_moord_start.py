@@ -40,7 +40,8 @@ def config(tmp: Path, *, peers: list | None = None, metrics: dict | None = None,
                     "peers": peers or [], "advertise": {"podRoutes": False},
                     "gracefulRestart": {"stateFile": str(tmp / "state" / "gr.json")}, **bgp},
             "api": {"socket": str(tmp / "run" / "moord.sock")}, "cni": {"socket": str(tmp / "run" / "cni.sock")},
-            "metrics": metrics or {"port": 0}, "probe": {"enabled": False}}
+            "metrics": metrics or {"port": 0}, "probe": {"enabled": False},
+            "node": {"forwarding": "off"}}  # the host's netns: read, never written
 
 
 def moord(path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
