@@ -185,6 +185,10 @@ def test_moord_from_the_image_loads_the_probe_and_serves_cni(image, ctr: Contain
             code, body = _fetch(net, "/metrics")
             return code == 200 and 'moor_component_up{component="probe.drops"} 1.0' in body
         wait_for(probe_up, timeout=180, what="moord in the image with its probe loaded")
+        # what the DaemonSet's liveness and readiness probes ask
+        assert _fetch(net, "/healthz")[0] == 200
+        code, body = _fetch(net, "/readyz")
+        assert code == 200, body
 
         # the host-side client hands the call to the agent in the container: the client's socket path
         # is the container's /run/moor (the same directory, bound)
