@@ -35,12 +35,38 @@ def socket_path(stdin: bytes) -> str:
     key is looked for as bytes first, so the common config costs no JSON parse."""
     if b'"agentSocket"' not in stdin:
         return DEFAULT_SOCKET
+    fast = _scan_string(stdin, b'"agentSocket"')
+    if fast is not None:
+        return fast if fast.startswith("/") else ""
     import json
     try:
         v = json.loads(stdin).get("agentSocket")
     except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return ""  # the plugin itself will say what is wrong with the config
     return v if isinstance(v, str) and v.startswith("/") else ""
+
+
+def _scan_string(doc: bytes, key: bytes) -> str | None:
+    """The string value of `key` when the document holds it exactly once, as `"key": "plain"` (no
+    escapes); None for anything else, which json then reads (importing json costs 9 ms, a third of
+    a fast-path call)."""
+    i = doc.find(key)
+    if i < 0 or doc.find(key, i + 1) >= 0:
+        return None
+    rest = doc[i + len(key):].lstrip(b" \t\r\n")
+    if not rest.startswith(b":"):
+        return None
+    rest = rest[1:].lstrip(b" \t\r\n")
+    if not rest.startswith(b'"'):
+        return None
+    end = rest.find(b'"', 1)
+    value = rest[1:end] if end > 0 else b"\\"
+    if b"\\" in value or any(c < 0x20 for c in value):
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _recv_exact(s, n: int) -> bytes:
