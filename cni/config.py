@@ -2,25 +2,24 @@
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
-from dataclasses import dataclass, field
+from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from .record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Any, Optional
 
 from . import version
+from .names import valid_id
 from .errors import DECODE, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
 from .netlink.wire import MACVLAN_MODES
 from .result import Result
 
 MODES = ("macvlan", "bgp")
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")  # as libcni validates network names
 DEFAULT_STATE_DIR = "/var/lib/moor"
 
 
-@dataclass
+@record
 class HostShim:
     """`hostShim`: the node's macvlan on the parent, with one address per IP family that the
     node's packets to its pods carry as source, so pods answer on L2. `addresses` empty: the
@@ -28,7 +27,7 @@ class HostShim:
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(default_factory=list)
 
 
-@dataclass
+@record
 class NetConf:
     cni_version: str
     name: str
@@ -88,7 +87,7 @@ def parse(doc: dict) -> NetConf:
     ver = _get(doc, "cniVersion", str, required=True)
     version.require_supported(ver)
     name = _get(doc, "name", str, required=True)
-    if not _NAME.match(name):
+    if not valid_id(name):  # as libcni validates network names
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' {name!r} is not a valid network name")
     conf = NetConf(cni_version=ver, name=name, type=_get(doc, "type", str, required=True), raw=doc)
     conf.mode = _get(doc, "mode", str, "macvlan")

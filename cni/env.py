@@ -1,27 +1,26 @@
 """The plugin's environment: CNI_* variables and CNI_ARGS."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from .record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Mapping
 
 from .errors import INVALID_ENV, CNIError
+from .names import valid_id
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 # CNI_ARGS keys moor understands; others need IgnoreUnknown (as libcni and the Go plugins do).
 KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID",
               "K8S_POD_UID", "IP", "MAC"}
-_CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")  # as libcni validates it
 # Verbs that need a container: what each requires of the environment.
 _NEEDS = {"ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
           "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
           "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")}
 
 
-@dataclass
+@record
 class Env:
     command: str
     container_id: str = ""
@@ -73,7 +72,7 @@ def parse_env(environ: Mapping[str, str]) -> Env:
     if missing:
         raise CNIError(INVALID_ENV, f"missing environment variable {', '.join(missing)}",
                        f"CNI_COMMAND={cmd} needs {', '.join(_NEEDS[cmd])}")
-    if env.container_id and not _CONTAINER_ID.match(env.container_id):
+    if env.container_id and not valid_id(env.container_id):  # as libcni validates it
         raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID {env.container_id!r}",
                        "a container ID starts with a letter or digit and holds only [A-Za-z0-9_.-]")
     if env.ifname and not _valid_ifname(env.ifname):

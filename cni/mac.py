@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from .errors import CNIError
-
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
+from .names import valid_mac
 
 def parse(mac: str, field: str, code: int) -> str:
-    if not isinstance(mac, str) or not _MAC.match(mac):
+    if not isinstance(mac, str) or not valid_mac(mac):
         raise CNIError(code, f"invalid {field}: {mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
     mac = mac.lower()
     if int(mac[:2], 16) & 1:

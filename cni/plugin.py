@@ -4,7 +4,7 @@ The executable (`moor`) is a thin wrapper; the agent can serve the same call war
 """
 from __future__ import annotations
 
-import json
+from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import sys
 import time
 TYPE_CHECKING = False

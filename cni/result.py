@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from .record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -12,7 +12,7 @@ from .errors import DECODE, CNIError
 from .version import key
 
 
-@dataclass
+@record
 class Interface:
     name: str
     mac: str = ""
@@ -20,7 +20,7 @@ class Interface:
     mtu: int = 0  # 1.1.0 only
 
 
-@dataclass
+@record
 class IPConfig:
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     gateway: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
@@ -31,14 +31,14 @@ class IPConfig:
         return self.address.version
 
 
-@dataclass
+@record
 class RouteConfig:
     dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     gw: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
     extra: dict = field(default_factory=dict)  # 1.1.0 keys (mtu, advmss, priority, table, scope)
 
 
-@dataclass
+@record
 class Result:
     interfaces: list[Interface] = field(default_factory=list)
     ips: list[IPConfig] = field(default_factory=list)

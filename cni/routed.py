@@ -4,7 +4,6 @@ MAC, and on the node `IP/32 dev <host veth> proto moor`: the route the agent adv
 No bridge, no NAT, no packet-filter rule."""
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 
@@ -24,7 +23,11 @@ DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")
 
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
     """The host end's name: stable for the attachment, 15 bytes, recognisably moor's."""
-    digest = hashlib.sha1(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
+    try:  # the C module itself: `import hashlib` loads OpenSSL first (~3 ms of start-up)
+        from _sha1 import sha1
+    except ImportError:
+        from hashlib import sha1
+    digest = sha1(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
     return "moor" + digest[:11]
 
 

@@ -7,11 +7,11 @@ parent lock (cni/macvlan.py)."""
 from __future__ import annotations
 
 import ipaddress
-import re
 import zlib
 
 from . import delegate
 from .config import GC_KEYS, NetConf
+from .names import valid_id
 from .netlink.rtnl import RTNL, Link
 from .state import ShimAddrs, Store
 
@@ -26,14 +26,13 @@ IPAM_IFNAME = "shim"
 IPAM_NETNS = "/proc/self/ns/net"
 # keys of the pod's config that speak for the pod (its requested IPs, its prevResult), not the shim
 _POD_KEYS = ("runtimeConfig", "args", "prevResult", "capabilities", *GC_KEYS)
-_ID_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def ipam_id(parent: str) -> str:
     """The CNI_CONTAINERID IPAM knows a parent's shim by: stable, so every ADD finds it again."""
     name = f"moor-shim-{parent}"
     # a parent name libcni would refuse in an ID: its hash
-    return name if _ID_SAFE.match(name) else f"moor-shim-{zlib.crc32(parent.encode()):08x}"
+    return name if valid_id(name) else f"moor-shim-{zlib.crc32(parent.encode()):08x}"
 
 
 def ipam_env(environ: Mapping[str, str], rec: ShimAddrs, undo: bool = False) -> dict[str, str]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
+from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from .record import asdict, record, field
 
 from .errors import IO_FAILURE, CNIError
 from .lock import digest, held
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotation
 
 
 
-@dataclass
+@record
 class Attachment:
     network: str
     container_id: str
@@ -34,7 +34,7 @@ class Attachment:
     gc_seen: int = 0  # a GC found it missing from the runtime's list once; the next GC releases it
 
 
-@dataclass
+@record
 class ShimAddrs:
     """The host shim's addresses for one network on one parent: what ADD put on the shim and,
     when the network's IPAM gave them, how to give them back (DEL with the same identity and

@@ -4,7 +4,7 @@ nothing behind."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from .record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -18,7 +18,7 @@ class InjectedFailure(Exception):
     """Raised by a failpoint: tests use it to prove each step's undo."""
 
 
-@dataclass
+@record
 class Steps:
     failpoint: Optional[str] = None  # name of the step after which to fail (tests)
     pause: Optional[str] = None  # "STEP:SECONDS": sleep after that step (tests: make calls overlap)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from cni.record import record, field
 
 from cni.errors import INVALID_CONFIG, CNIError
 
@@ -42,13 +42,13 @@ def _ip(doc: dict, key: str, where: str) -> Optional[ipaddress.IPv4Address | ipa
         raise _err(f"'{where}.{key}' {val!r} is not an IP address") from None
 
 
-@dataclass
+@record
 class Route:
     dst: str
     gw: str = ""
 
 
-@dataclass
+@record
 class Pool:
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
     start: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -77,7 +77,7 @@ class Pool:
         return int(self.end) - int(self.start) + 1
 
 
-@dataclass
+@record
 class IPAMConf:
     network: str
     pools: list[Pool]

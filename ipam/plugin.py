@@ -5,10 +5,10 @@ Works under moor and under the reference macvlan/bridge/ptp plugins (`"ipam": {"
 from __future__ import annotations
 
 import ipaddress
-import json
+from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import sys
 import time
-from dataclasses import replace
+from cni.record import replace
 
 from cni import config as netconfig
 from cni import version

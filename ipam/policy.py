@@ -7,7 +7,7 @@ Codes (moor's own): 110 explicit IP outside every pool, 111 IP held by another i
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from cni.record import record, replace
 
 from cni.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 
@@ -56,7 +56,7 @@ def _never_gone(_r: Reservation) -> bool:
     return False
 
 
-@dataclass
+@record
 class Request:
     container_id: str
     ifname: str

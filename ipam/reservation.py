@@ -4,8 +4,8 @@ the IP its re-created pod (same name, new UID) now uses."""
 from __future__ import annotations
 
 import ipaddress
-import json
-from dataclasses import asdict, dataclass, fields
+from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from cni.record import asdict, record, fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ _TYPES = {"ip": _STR, "pool": _STR, "state": _STR, "identity": _STR, "pod": _STR
           "gc_mark_at": _NUM, "announced": (bool,), "prev": (dict, type(None)), "detail": _STR}
 
 
-@dataclass
+@record
 class Reservation:
     ip: str
     pool: str

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass, field
+from ..record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -27,7 +27,7 @@ class NetlinkError(OSError):
         self.what = what
 
 
-@dataclass
+@record
 class Link:
     index: int
     name: str
@@ -44,7 +44,7 @@ class Link:
         return bool(self.flags & w.IFF_UP)
 
 
-@dataclass
+@record
 class Route:
     dst: IPNet
     oif: int = 0

@@ -6,7 +6,7 @@ Only what the CNI plugin needs. The plugin is executed once per pod; importing p
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from ..record import record, field
 
 # message types
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -113,7 +113,7 @@ def pack_msg(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body
 
 
-@dataclass
+@record
 class Message:
     type: int
     flags: int

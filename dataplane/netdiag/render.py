@@ -9,6 +9,8 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
+from cni import record
+
 from ..counters import NetnsCounters, counter_delta
 from .doctor import Finding
 from .evidence import BgpView, Evidence, IpamView, PodView, hostport, proto_name
@@ -75,6 +77,8 @@ def section(title: str) -> str:
 def _jsonable(o: Any) -> Any:
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return {f.name: _jsonable(getattr(o, f.name)) for f in dataclasses.fields(o)}
+    if record.is_record(o) and not isinstance(o, type):  # cni/ and ipam/ types (reservations)
+        return {f.name: _jsonable(getattr(o, f.name)) for f in record.fields(o)}
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, set)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
+from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import random
 import time
 import urllib.error

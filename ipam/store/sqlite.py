@@ -3,11 +3,10 @@ allocation one IMMEDIATE transaction, so concurrent plugin processes serialise o
 write lock and a crash (even SIGKILL mid-write) leaves the last committed state."""
 from __future__ import annotations
 
-import json
+from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import os
 import sqlite3
 import time
-import urllib.parse
 
 from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
@@ -75,6 +74,7 @@ class SQLiteStore:
         in WAL mode a reader sees the last commit while plugins keep writing."""
         if not os.path.exists(self.path):
             raise CNIError(IO_FAILURE, f"no IPAM database at {self.path}")
+        import urllib.parse  # readers only: it imports re, which the plugin's start-up does without
         try:
             self.db = sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=ro", uri=True,
                                       timeout=BUSY_TIMEOUT_S, isolation_level=None)
