@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import os
-import sqlite3
+import _sqlite3 as sqlite3  # the C module: sqlite3.dbapi2 imports datetime for adapters we never use (~1 ms)
 import time
 
 from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError

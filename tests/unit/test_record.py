@@ -78,7 +78,8 @@ def test_libcni_names_and_macs():
 
 def test_the_plugin_path_imports_none_of_the_slow_modules():
     code = ("import sys; import cni.entry, cni.plugin, cni.routed, cni.macvlan, ipam.plugin, ipam.store.sqlite;"
-            "print(' '.join(m for m in ('json', 're', 'dataclasses', 'inspect', 'subprocess', 'hashlib', 'typing')"
+            "print(' '.join(m for m in ('json', 're', 'dataclasses', 'inspect', 'subprocess', 'hashlib', 'typing',"
+            " 'socket', 'enum', 'sqlite3', 'datetime')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(_root())!r}); {code}"],
                          capture_output=True, text=True, check=True).stdout.strip()
