@@ -49,7 +49,10 @@ def loads(s: str | bytes | bytearray):
     start = len(text) - len(text.lstrip(_WS))
     try:
         obj, end = _scan(text, start)
-    except (StopIteration, ValueError, RecursionError):
+    except (StopIteration, ValueError, RecursionError, SystemError):
+        # SystemError: the scanner raises json.decoder.JSONDecodeError, which it looks up in
+        # sys.modules without importing it; before anything imported json it fails with "returned
+        # NULL without setting an exception". json itself then reports the syntax error.
         return _slow_loads(s)
     if text[end:].strip(_WS):
         return _slow_loads(s)  # "Extra data"

@@ -61,3 +61,18 @@ def test_files_and_unserializable():
         a: list = []
         a.append(a)
         jsonc.dumps(a)
+
+
+def test_a_syntax_error_before_json_was_ever_imported():
+    """The C scanner finds json.decoder.JSONDecodeError in sys.modules only: in a process that never
+    imported json (the plugin), a bad document must still give json's error, not a SystemError."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    code = ("import sys; sys.path.insert(0, %r); from cni import jsonc; assert 'json' not in sys.modules\n"
+            "for bad in ['{\"a\": ', '{\"ip\": \"x\", \"seq\": \"x\"', '[1,]']:\n"
+            "    try: jsonc.loads(bad)\n"
+            "    except ValueError as e: print(type(e).__name__)\n") % str(REPO)
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["JSONDecodeError"] * 3
