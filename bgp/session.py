@@ -10,6 +10,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from . import capability as cap
 from . import sockopt
@@ -86,7 +87,7 @@ class Session:
     def __init__(self, local: LocalConfig, peer: PeerConfig, rib_out: dict, on_received=None, on_state=None,
                  on_down=None):
         self.local, self.peer = local, peer
-        self.rib_out = rib_out  # prefix -> next hop (None: the session's own address), shared
+        self.rib_out = rib_out  # wire.Key -> next hop (None: the session's own address), shared
         self.on_received = on_received or (lambda r: None)
         self.on_state = on_state or (lambda p, s: None)
         self.on_down = on_down or (lambda s, graceful: None)  # after Established ends
@@ -99,7 +100,7 @@ class Session:
         self.hold = 0
         self.writer: asyncio.StreamWriter | None = None
         self.local_address = ""
-        self._pending: dict = {}  # prefix -> True (announce) / False (withdraw), coalesced
+        self._pending: dict = {}  # wire.Key -> True (announce) / False (withdraw), coalesced
         self._buf = bytearray()
         self._inbox: list[tuple[int, bytes]] = []
         self._wake = asyncio.Event()
@@ -132,7 +133,7 @@ class Session:
             self.on_state(self.peer.address, state)
 
     # -- route changes from the speaker --------------------------------------------------------
-    def changed(self, prefix: Prefix, present: bool) -> None:
+    def changed(self, prefix: bytes, present: bool) -> None:  # a wire.Key
         if self.state == ESTABLISHED:
             self._pending[prefix] = present
             self._wake.set()
@@ -450,7 +451,7 @@ class Session:
             rr = refresh.decode(body)  # a bad length is a NOTIFICATION (RFC 7313 section 5)
             if (rr.afi, rr.safi) in self.families():  # any other family is ignored (RFC 2918 section 4)
                 version = _version(rr.afi)
-                self._pending.update({p: True for p in self.rib_out if p.version == version})
+                self._pending.update({p: True for p in self.rib_out if p[0] == version})  # wire.Key
                 self._wake.set()
             return
         if mtype != UPDATE:
@@ -587,7 +588,7 @@ class Session:
         four = self.peer_open.four_octet
         ebgp = self.peer.asn != self.local.asn
         families = self.families()
-        await self._flush({p: True for p in self.rib_out}, four, ebgp, families)
+        await self._flush(list(self.rib_out), four, ebgp, families)  # no copy of the table's dict
         for afi, safi in families:
             await self._send(update.end_of_rib(afi, safi, four))
         while True:
@@ -597,28 +598,42 @@ class Session:
             batch, self._pending = self._pending, {}
             await self._flush(batch, four, ebgp, families)
 
-    async def _flush(self, batch: dict, four: bool, ebgp: bool, families: list) -> None:
+    async def _flush(self, batch, four: bool, ebgp: bool, families: list) -> None:
+        """Send a batch of changes: wire.Key -> True (announce) / False (withdraw), or a list of
+        keys all announced (the initial table). A key announced but no longer in the adj-RIB-out
+        is withdrawn."""
         base = self._attrs(ebgp)
-        v4 = [p for p in batch if p.version == 4]
-        v6 = [p for p in batch if p.version == 6]
+        rib_out = self.rib_out
         local = ipaddress.ip_address(self.local_address.split("%")[0])
+        by_hop: dict = {}  # IPv4 next hop -> keys announced with it
+        gone4: list = []
+        keep6: list = []
+        gone6: list = []
+        for p, present in (batch.items() if isinstance(batch, dict) else zip(batch, repeat(True))):
+            hop = rib_out.get(p, _ABSENT) if present else _ABSENT
+            if p[0] == 4:  # a wire.Key's first byte is its IP version
+                if hop is _ABSENT:
+                    gone4.append(p)
+                else:
+                    by_hop.setdefault(hop, []).append(p)  # None: our own address (hashed in C, unlike an ipaddress)
+            elif hop is _ABSENT:
+                gone6.append(p)
+            else:
+                keep6.append(p)
         out: list[bytes] = []
-        if (AFI_IPV4, SAFI_UNICAST) in families and v4 and local.version == 4:  # IPv4 next hops only
-            gone = [p for p in v4 if not batch[p] or p not in self.rib_out]
-            by_hop: dict = {}
-            for p in v4:
-                if batch[p] and p in self.rib_out:
-                    by_hop.setdefault(self.rib_out[p] or local, []).append(p)
-            out += update.encode_updates([], [], four, withdrawn=gone) if gone else []
+        if (AFI_IPV4, SAFI_UNICAST) in families and local.version == 4:  # IPv4 next hops only
+            out += update.encode_updates([], [], four, withdrawn=gone4) if gone4 else []
             for hop, prefixes in by_hop.items():
-                out += update.encode_updates(base + [next_hop.NextHop(ipaddress.ip_address(hop))], prefixes, four)
+                nh = ipaddress.ip_address(hop) if hop else local
+                out += update.encode_updates(base + [next_hop.NextHop(nh)], prefixes, four)
         hop6 = local if local.version == 6 else ipaddress.ip_address(self.local.next_hop6) if self.local.next_hop6 else None
-        if (AFI_IPV6, SAFI_UNICAST) in families and v6 and hop6 is not None:
-            gone = [p for p in v6 if not batch[p] or p not in self.rib_out]
-            keep = [p for p in v6 if batch[p] and p in self.rib_out]
-            out += update.encode_mp(AFI_IPV6, SAFI_UNICAST, base, (hop6,), keep, four, withdrawn=gone)
+        if (AFI_IPV6, SAFI_UNICAST) in families and (keep6 or gone6) and hop6 is not None:
+            out += update.encode_mp(AFI_IPV6, SAFI_UNICAST, base, (hop6,), keep6, four, withdrawn=gone6)
         for m in out:
             await self._send(m)
+
+
+_ABSENT = object()
 
 
 def _version(afi: int) -> int:

@@ -19,10 +19,9 @@ import sys
 from . import sockopt
 from .rib import Path, RibIn
 from .session import ESTABLISHED, LocalConfig, PeerConfig, Received, Session
-from .wire import AFI_IPV4, AFI_IPV6, UNICAST
+from .wire import AFI_IPV4, AFI_IPV6, UNICAST, key_of
 
 log = logging.getLogger("moor.bgp")
-_NETWORKS = (ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 class Speaker:
@@ -30,7 +29,7 @@ class Speaker:
                  on_received=None, on_state=None, on_best=None, stale_time: float = 360.0):
         self.local = local
         self.listen, self.port = listen, port
-        self.rib_out: dict = {}
+        self.rib_out: dict = {}  # wire.Key -> next hop (None: each session's own address)
         self.rib_in = RibIn(on_best)
         self.stale_time = stale_time  # bound on keeping a restarted peer's stale routes (RFC 4724 4.2)
         self._user_received = on_received or (lambda r: None)
@@ -161,13 +160,15 @@ class Speaker:
             writer.close()
 
     def announce(self, prefix, next_hop: str | None = None) -> None:
-        p = prefix if isinstance(prefix, _NETWORKS) else ipaddress.ip_network(prefix)  # a burst is 100k calls
+        """Advertise a prefix (an ipaddress network, a string, or a wire.Key as the route watch
+        gives: a burst is 100k calls, and the adj-RIB-out keeps keys, not ipaddress objects)."""
+        p = prefix if type(prefix) is bytes else key_of(prefix)
         self.rib_out[p] = next_hop
         for s in self.sessions.values():
             s.changed(p, True)
 
     def withdraw(self, prefix) -> None:
-        p = prefix if isinstance(prefix, _NETWORKS) else ipaddress.ip_network(prefix)
+        p = prefix if type(prefix) is bytes else key_of(prefix)
         if self.rib_out.pop(p, "absent") != "absent":
             for s in self.sessions.values():
                 s.changed(p, False)

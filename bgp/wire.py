@@ -56,7 +56,36 @@ def split(buf: bytearray) -> list[tuple[int, bytes]]:
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def encode_prefix(p: Prefix) -> bytes:
+# A prefix as the speaker keeps its adj-RIB-out, and the route watch its view: plain bytes, one byte
+# of IP version (4 or 6), then the prefix in NLRI encoding (RFC 4271 4.3: its length in bits, then
+# only the significant bytes). An IPv4 /32 is a 6-byte object of 39 bytes where an ipaddress network
+# with its address costs ~450, so 100,000 pod routes fit in a few MB; bytes hash and compare in C,
+# the garbage collector does not track them, and the NLRI to send is a slice. ipaddress objects are
+# made only where one is shown (key_network, key_str).
+Key = bytes
+
+
+def key_of(prefix: "Prefix | str | Key") -> Key:
+    """The key of a prefix given as an ipaddress network, a string or already a key."""
+    if type(prefix) is bytes:
+        return prefix
+    p = prefix if isinstance(prefix, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(prefix)
+    return bytes((p.version, p.prefixlen)) + p.network_address.packed[:(p.prefixlen + 7) // 8]
+
+
+def key_network(key: Key) -> Prefix:
+    width = 4 if key[0] == 4 else 16
+    addr = int.from_bytes(key[2:].ljust(width, b"\0"), "big")
+    return (ipaddress.IPv4Network if width == 4 else ipaddress.IPv6Network)((addr, key[1]))
+
+
+def key_str(key: Key) -> str:
+    return str(key_network(key))
+
+
+def encode_prefix(p: Prefix | Key) -> bytes:
+    if type(p) is bytes:  # a Key: its NLRI follows the version byte
+        return p[1:]
     nbytes = (p.prefixlen + 7) // 8
     return bytes([p.prefixlen]) + p.network_address.packed[:nbytes]
 

@@ -34,6 +34,7 @@ import yaml
 from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
 from bgp.speaker import Speaker, canonical
+from bgp.wire import key_str
 
 from . import logs
 from . import metrics as metrics_server
@@ -456,7 +457,7 @@ def _prerequisites(conf: AgentConfig, fwd: prereq.Forwarding, present: list) -> 
     else:
         fwd.need(4, "pods are routed through the node")
         why6 = prereq.ipv6_in_config(conf.peers, conf.advertise_blocks, conf.local.next_hop6)
-        why6 = why6 or next((f"IPv6 pod route {r.dst}" for r in present if r.dst.version == 6), "")
+        why6 = why6 or next((f"IPv6 pod route {key_str(dst)}" for dst in present if dst[0] == 6), "")
         if why6:
             fwd.need(6, why6)
     try:
@@ -594,8 +595,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 present = watch.start(loop)  # the table first: the agent can restart at any time
             except OSError as e:
                 raise StartError(f"bgp.advertise.podRoutes: cannot follow the kernel routing table: {e}") from None
-            for r in present:
-                speaker.announce(r.dst)
+            for dst in present:  # bgp.wire.Key: the adj-RIB-out shares the watch's bytes
+                speaker.announce(dst)
         else:
             present = []
 

@@ -147,17 +147,18 @@ def ipv6_in_config(peers: list, blocks: list, next_hop6: str) -> str:
 
 
 def uplinks(peers: list) -> dict[str, list[str]]:
-    """Interface name -> IPv4 peers reached through it (longest match in the main table)."""
+    """Interface name -> IPv4 peers reached through it: the route the kernel's lookup matches for
+    each peer (one request per peer; a dump of the table would read every pod route too, 100,000
+    of them on a big node). A multipath match names no single interface and is left out."""
     from cni.netlink.rtnl import RTNL
     out: dict[str, list[str]] = {}
     with RTNL() as nl:
-        routes = [r for r in nl.routes(4) if r.oif]
         for p in peers:
             ip = ipaddress.ip_address(p.address)
             if ip.version != 4:
                 continue
-            best = max((r for r in routes if ip in r.dst), key=lambda r: (r.dst.prefixlen, -r.priority), default=None)
-            if best is not None and (link := nl.link_get(index=best.oif)) is not None:
+            best = nl.route_match(ip)
+            if best is not None and best.oif and (link := nl.link_get(index=best.oif)) is not None:
                 out.setdefault(link.name, []).append(p.address)
     return out
 

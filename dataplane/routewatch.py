@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import logging
 import socket
 import struct
@@ -29,6 +28,7 @@ import time
 from collections import deque
 
 from cni.netlink import wire as w
+from bgp.wire import key_network
 from cni.netlink.rtnl import NetlinkError, Route
 
 TYPE_CHECKING = False
@@ -138,38 +138,49 @@ def _hop_oifs(data: bytes) -> tuple[int, ...]:
     return tuple(out)
 
 
+_RTA = struct.Struct("=HH")
+_ZERO = {socket.AF_INET: b"\0" * 4, socket.AF_INET6: b"\0" * 16}
+_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+
 def parse_route_msg(body: bytes):
     """The parts of an RTM_NEWROUTE/RTM_DELROUTE body the watch needs:
     (key, table, protocol, oif, multipath oifs), or None for a route that is not unicast.
-    key = (family, destination bytes, prefix length, tos, priority): what the kernel tells routes
-    apart by (IPv4: tos and priority; IPv6: metric). Keys are tuples of bytes and ints, which the
-    garbage collector does not track: the view of 100,000 routes costs it nothing."""
+    key = (destination, tos, priority): what the kernel tells routes apart by (IPv4: tos and
+    priority; IPv6: metric); the destination is the speaker's key for the prefix (bgp.wire.Key:
+    IP version and NLRI bytes), so the view and the adj-RIB-out share one small bytes object per
+    route and no ipaddress object is made. Keys are tuples of bytes and ints, which the garbage
+    collector does not track: the view of 100,000 routes costs it nothing. Only the five
+    attributes used are read (no dict of all of them)."""
     if len(body) < _RTMSG.size:
         return None
     fam, dlen, _sl, tos, tbl, proto, _scope, rtype, rflags = _RTMSG.unpack_from(body)
-    if rtype != w.RTN_UNICAST or fam not in (socket.AF_INET, socket.AF_INET6) or rflags & RTM_F_CLONED:
+    if rtype != w.RTN_UNICAST or fam not in _VERSION or rflags & RTM_F_CLONED:
         return None  # RTM_F_CLONED: a cached exception (PMTU), not a route in the table
-    a = w.parse_attrs(body[_RTMSG.size:])
-    if w.RTA_TABLE in a:
-        tbl = _U32.unpack_from(a[w.RTA_TABLE])[0]
-    raw = a.get(w.RTA_DST) or (b"\0" * (4 if fam == socket.AF_INET else 16))
-    prio = _U32.unpack_from(a[w.RTA_PRIORITY])[0] if w.RTA_PRIORITY in a else 0
-    oif = _U32.unpack_from(a[w.RTA_OIF])[0] if w.RTA_OIF in a else 0
-    mp = _hop_oifs(a[w.RTA_MULTIPATH]) if w.RTA_MULTIPATH in a else ()
-    return (fam, raw, dlen, tos, prio), tbl, proto, oif, mp
+    raw, prio, oif, mp = _ZERO[fam], 0, 0, ()
+    off, end = _RTMSG.size, len(body)
+    while off + 4 <= end:
+        ln, kind = _RTA.unpack_from(body, off)
+        if ln < 4:
+            break
+        if kind == w.RTA_DST:
+            raw = body[off + 4:off + ln]
+        elif kind == w.RTA_OIF:
+            oif = _U32.unpack_from(body, off + 4)[0]
+        elif kind == w.RTA_TABLE:
+            tbl = _U32.unpack_from(body, off + 4)[0]
+        elif kind == w.RTA_PRIORITY:
+            prio = _U32.unpack_from(body, off + 4)[0]
+        elif kind == w.RTA_MULTIPATH:
+            mp = _hop_oifs(body[off + 4:off + ln])
+        off += (ln + 3) & ~3
+    dst = bytes((_VERSION[fam], dlen)) + raw[:(dlen + 7) >> 3]
+    return (dst, tos, prio), tbl, proto, oif, mp
 
 
-def network(dk: tuple):
-    """The destination of a key's first three fields (family, bytes, prefix length)."""
-    fam, raw, dlen = dk[0], dk[1], dk[2]
-    if fam == socket.AF_INET:
-        return ipaddress.IPv4Network((int.from_bytes(raw, "big"), dlen))
-    return ipaddress.IPv6Network((int.from_bytes(raw, "big"), dlen))
-
-
-def dst_key(net) -> tuple:
-    """The inverse of network()."""
-    return (socket.AF_INET if net.version == 4 else socket.AF_INET6, net.network_address.packed, net.prefixlen)
+def network(dk: bytes):
+    """The destination of a key's first field, as an ipaddress network."""
+    return key_network(dk)
 
 
 class TableDump:
@@ -181,6 +192,7 @@ class TableDump:
     def __init__(self, proto: int):
         self.proto = proto
         self.routes: dict = {}  # key -> (oif, multipath oifs)
+        self._vals: dict = {}
         self.messages = 0
         self.interrupted = False
         self.done = False
@@ -246,8 +258,10 @@ class TableDump:
                     continue
                 self.messages += 1
                 p = parse_route_msg(body)
-                if p is not None and p[2] == self.proto and p[1] == w.RT_TABLE_MAIN and p[0][0] == self._family:
-                    self.routes[p[0]] = (p[3], p[4])
+                if p is not None and p[2] == self.proto and p[1] == w.RT_TABLE_MAIN and p[0][0][0] == _VERSION[self._family]:
+                    val = (p[3], p[4])
+                    # one (oif, ()) tuple per interface, not per route: 100,000 routes share a few
+                    self.routes[p[0]] = self._vals.setdefault(val, val) if not p[4] else val
             if time.monotonic() > deadline:
                 return False
         return True
@@ -279,7 +293,7 @@ class RouteWatch:
         self.routes: dict = {}  # key -> oif
         self._mp: dict = {}  # key -> interfaces of a multipath route
         self.by_oif: dict[int, set] = {}  # interface -> keys of the routes using it
-        self._dsts: dict = {}  # destination key (family, bytes, length) -> keys of its routes
+        self._dsts: dict = {}  # destination (bgp.wire.Key) -> keys of its routes
         self.told: set = set()  # destination keys the consumer was told are present
         self._dirty: dict = {}  # destination keys whose told state may differ from the table
         self._emitting = None  # an iterator over a batch of dirty destinations
@@ -311,14 +325,15 @@ class RouteWatch:
         keys = self._dsts.get(dk)
         if keys:
             key = keys[0]
-            return Route(dst=network(dk), oif=self.routes.get(key, 0), proto=self.proto, priority=key[4])
+            return Route(dst=network(dk), oif=self.routes.get(key, 0), proto=self.proto, priority=key[2])
         return Route(dst=network(dk), proto=self.proto)
 
     # -- start and stop --------------------------------------------------------------------------
-    def start(self, loop) -> list[Route]:
+    def start(self, loop) -> list[bytes]:
         """Subscribe first, then read the table: no change can fall between the two (one can be
-        seen twice, which is harmless). Returns the routes present now (one per destination); the
-        caller announces them itself."""
+        seen twice, which is harmless). Returns the destinations present now (bgp.wire.Key, the
+        speaker's own key: no Route or ipaddress object per route); the caller announces them
+        itself."""
         self._loop = loop
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
@@ -337,13 +352,13 @@ class RouteWatch:
             raise
         self.sock = sock
         for key, (oif, mp) in table.items():
-            self._add(key, oif, mp)
+            self._add(key, oif, mp, mark=False)  # all told at once below: no dirty set of the whole table
         self.told = set(self._dsts)
         self._dirty.clear()
         loop.add_reader(sock.fileno(), self._callback)
         log.info("route watch: %d routes of protocol %d; receive buffer %d bytes, socket filter %s",
                  len(self.routes), self.proto, self.rcvbuf, "on" if self.filtered else "off")
-        return [self._route(dk) for dk in self._dsts]
+        return list(self._dsts)
 
     def _read_table(self) -> dict:
         for attempt in range(100):
@@ -395,7 +410,7 @@ class RouteWatch:
                 if not keys:
                     del self.by_oif[i]
 
-    def _add(self, key, oif: int, mp: tuple = ()) -> None:
+    def _add(self, key, oif: int, mp: tuple = (), mark: bool = True) -> None:
         old = self.routes.get(key)
         if old is not None:
             if old != oif or self._mp.get(key, ()) != mp:
@@ -405,11 +420,12 @@ class RouteWatch:
             return
         self.routes[key] = oif
         self._index(key, oif, mp)
-        dk = key[:3]
+        dk = key[0]
         keys = self._dsts.get(dk)
         if keys is None:
             self._dsts[dk] = (key,)
-            self._dirty[dk] = None
+            if mark:
+                self._dirty[dk] = None
         else:
             self._dsts[dk] = keys + (key,)
 
@@ -418,7 +434,7 @@ class RouteWatch:
         if oif is None:
             return
         self._unindex(key, oif)
-        dk = key[:3]
+        dk = key[0]
         keys = tuple(k for k in self._dsts[dk] if k != key)
         if keys:
             self._dsts[dk] = keys
@@ -672,7 +688,7 @@ class RouteWatch:
         for i, dk in enumerate(list(self.told)):
             if dk not in self._dsts:
                 self._dirty[dk] = None
-            elif rib_out is not None and network(dk) not in rib_out:
+            elif rib_out is not None and dk not in rib_out:  # the same bgp.wire.Key
                 self.told.discard(dk)
                 self._dirty[dk] = None
             if i & 255 == 255:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from bgp.session import ESTABLISHED
+from bgp.wire import key_str
 
 log = logging.getLogger("moord.view")
 
@@ -88,7 +89,7 @@ class AgentView:
         return out
 
     def advertised(self) -> list[str]:
-        return sorted(str(p) for p in list(self.speaker.rib_out)) if self.speaker is not None else []
+        return sorted(key_str(p) for p in list(self.speaker.rib_out)) if self.speaker is not None else []
 
     def learned(self) -> list[tuple[str, tuple[str, ...], bool]]:
         if self.speaker is None:

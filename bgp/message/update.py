@@ -69,27 +69,30 @@ def decode(body: bytes, four_octet: bool) -> Update:
     return upd
 
 
-def encode_updates(attrs: list, nlri: list[Prefix], four_octet: bool, withdrawn: list[Prefix] = ()) -> list[bytes]:
-    """IPv4 routes in as few UPDATEs as fit 4096 bytes, all sharing `attrs` (which carry NEXT_HOP)."""
+def encode_updates(attrs: list, nlri: list, four_octet: bool, withdrawn: list = ()) -> list[bytes]:
+    """IPv4 routes in as few UPDATEs as fit 4096 bytes, all sharing `attrs` (which carry NEXT_HOP).
+    Prefixes are ipaddress networks or wire.Key (whose NLRI is a slice)."""
     abytes = attribute.encode(attrs, four_octet) if nlri else b""
     room = MAX_LEN - HEADER_LEN - 4
     out = [frame(UPDATE, struct.pack("!H", len(chunk)) + chunk + b"\0\0")
-           for chunk in _pack([encode_prefix(p) for p in withdrawn], room)]
-    out += [frame(UPDATE, b"\0\0" + struct.pack("!H", len(abytes)) + abytes + chunk)
-            for chunk in _pack([encode_prefix(p) for p in nlri], room - len(abytes))]
+           for chunk in _pack(map(encode_prefix, withdrawn), room)]
+    head = b"\0\0" + struct.pack("!H", len(abytes)) + abytes
+    out += [frame(UPDATE, head + chunk) for chunk in _pack(map(encode_prefix, nlri), room - len(abytes))]
     return out
 
 
-def _pack(encoded: list[bytes], room: int) -> list[bytes]:
-    """Consecutive encoded prefixes joined into chunks of at most `room` bytes (linear time)."""
-    chunks, start, size = [], 0, 0
-    for i, e in enumerate(encoded):
+def _pack(encoded, room: int) -> list[bytes]:
+    """Consecutive encoded prefixes joined into chunks of at most `room` bytes (linear time); only
+    one chunk's pieces are held at a time, never one bytes object per prefix of the whole table."""
+    chunks, cur, size = [], [], 0
+    for e in encoded:
         if size + len(e) > room:
-            chunks.append(b"".join(encoded[start:i]))
-            start, size = i, 0
+            chunks.append(b"".join(cur))
+            cur, size = [], 0
+        cur.append(e)
         size += len(e)
-    if start < len(encoded):
-        chunks.append(b"".join(encoded[start:]))
+    if cur:
+        chunks.append(b"".join(cur))
     return chunks
 
 

@@ -49,6 +49,7 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
+RTM_F_FIB_MATCH = 0x2000  # a route lookup answers with the table entry it matched
 
 # moor's own route protocol numbers: the routing table is the contract with the agent.
 RTPROT_MOOR = 109  # pod routes the agent advertises (bgp mode)

@@ -13,7 +13,8 @@ from bgp.attribute import as_path, communities, med, mp_reach, next_hop, origin
 from bgp.errors import BGPError
 from bgp.message import notification, open as bopen, refresh, update
 from bgp.message.keepalive import KEEPALIVE_BYTES
-from bgp.wire import AFI_IPV4, AFI_IPV6, AS_TRANS, HEADER_LEN, MAX_LEN, SAFI_UNICAST, UPDATE, frame, parse_header, split
+from bgp.wire import (AFI_IPV4, AFI_IPV6, AS_TRANS, HEADER_LEN, MAX_LEN, SAFI_UNICAST, UPDATE, encode_prefix, frame,
+                      key_network, key_of, key_str, parse_header, split)
 
 
 def _body(msg: bytes) -> bytes:
@@ -89,6 +90,29 @@ def test_ten_thousand_routes_are_packed_into_few_updates():
     assert len(msgs) <= 10000 * 5 // (MAX_LEN - 100) + 1  # ~800 /32s an UPDATE, not one each
     back = [p for m in msgs for p in update.decode(_body(m), True).announced]
     assert back == prefixes
+
+
+@given(st.one_of(st.tuples(st.just(4), st.integers(0, 2**32 - 1), st.integers(0, 32)),
+                 st.tuples(st.just(6), st.integers(0, 2**128 - 1), st.integers(0, 128))))
+def test_a_key_is_the_prefix_it_was_made_from_and_its_nlri(v):
+    version, addr, plen = v
+    net = (ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)((addr, plen), strict=False)
+    key = key_of(net)
+    assert key == key_of(str(net)) == key_of(key) and key[0] == version
+    assert key_network(key) == net and key_str(key) == str(net)
+    assert encode_prefix(key) == encode_prefix(net) and len(key) == 2 + (plen + 7) // 8
+
+
+def test_routes_kept_as_keys_are_packed_and_decoded_like_networks():
+    prefixes = [ipaddress.ip_network(f"10.{i >> 8}.{i & 255}.0/{24 + i % 9}") for i in range(3000)]
+    assert update.encode_updates(_v4_attrs(), [key_of(p) for p in prefixes], True) == \
+        update.encode_updates(_v4_attrs(), prefixes, True)
+    msgs = update.encode_updates([], [], True, withdrawn=[key_of(p) for p in prefixes])
+    assert [p for m in msgs for p in update.decode(_body(m), True).withdrawn] == prefixes
+    v6 = [ipaddress.ip_network(f"2001:db8:{i:x}::/{48 + i % 81}", strict=False) for i in range(300)]
+    nh = (ipaddress.ip_address("2001:db8::2"),)
+    assert update.encode_mp(AFI_IPV6, SAFI_UNICAST, _v4_attrs()[:2], nh, [key_of(p) for p in v6], True) == \
+        update.encode_mp(AFI_IPV6, SAFI_UNICAST, _v4_attrs()[:2], nh, v6, True)
 
 
 def test_ipv6_routes_and_withdrawals_in_mp_attributes():
