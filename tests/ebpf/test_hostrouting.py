@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -364,3 +365,93 @@ def test_the_packet_filter_ruleset_stays_empty(node: Node):
     with host_routing(node, [a, b], uplinks=["up0"]):
         assert node.lab.ping(a[0], b[1])
         assert node.lab.run(node.node, nft, "list", "ruleset").stdout.strip() == b""
+
+
+# -- moord ---------------------------------------------------------------------------------------
+def start_moord(node: Node, tmp: Path, **dataplane) -> subprocess.Popen:
+    conf = {"bgp": {"asn": 65001, "routerId": NODE4}, "api": {"socket": ""}, "cni": {"socket": ""},
+            "metrics": {"port": 0}, "probe": {"enabled": False}, "dataplane": dataplane}
+    (tmp / "moord.json").write_text(json.dumps(conf))
+    log = tmp / "moord.log"
+    starts = log.read_text().count("ready: start-up done") if log.exists() else 0
+    with open(log, "a") as f:
+        p = node.lab.spawn(node.node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp / "moord.json"),
+                                       "-v"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
+    wait_for(lambda: log.read_text().count("ready: start-up done") > starts or p.poll() is not None, timeout=60,
+             what="moord to start")
+    assert p.poll() is None, log.read_text()[-2000:]
+    return p
+
+
+def host_routing_lines(tmp: Path) -> list[str]:
+    return [l for l in (tmp / "moord.log").read_text().splitlines() if "host routing" in l]
+
+
+def stop(p: subprocess.Popen, sig: signal.Signals) -> None:
+    p.send_signal(sig)
+    p.wait(20)
+
+
+def test_moord_attaches_keeps_the_fast_path_through_a_restart_and_detaches_on_shutdown(node: Node, tmp_path: Path):
+    a, b = node.add_pod("pa"), node.add_pod("pb")
+    agent = start_moord(node, tmp_path)
+    wait_for(lambda: any("host routing on" in l for l in host_routing_lines(tmp_path)), timeout=60,
+             what="moord's host routing")
+    if any("host routing off" in l for l in host_routing_lines(tmp_path)):
+        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+    assert [len(tc_filters(node, p[3])) for p in (a, b)] == [1, 1]  # the pods that were there first
+    c = node.add_pod("pc")  # and one the route watch reports later
+    wait_for(lambda: tc_filters(node, c[3]), what="moord to attach to a new pod")
+    assert node.lab.ping(c[0], a[1]) and node.lab.ping(a[0], c[2])
+
+    out, stopfile = tmp_path / "stream.json", tmp_path / "stream.stop"
+    recv = node.lab.spawn(b[0], [sys.executable, UDPSTREAM, "recv", "5001", str(out)], stdout=subprocess.PIPE,
+                          text=True)
+    assert recv.stdout.readline().strip() == "ready"
+    fwd = node.forwarded()
+    send = node.lab.spawn(a[0], [sys.executable, UDPSTREAM, "send", b[1], "5001", "500", str(stopfile)],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # the stream runs before the stop (a pace, not a measurement)
+        stop(agent, signal.SIGTERM)  # a restart stop: the filters stay, the pods keep the fast path
+        assert [len(tc_filters(node, p[3])) for p in (a, b, c)] == [1, 1, 1]
+        assert node.lab.ping(a[0], c[1])
+        agent = start_moord(node, tmp_path)
+        wait_for(lambda: sum("host routing on" in l for l in host_routing_lines(tmp_path)) == 2, timeout=60,
+                 what="the second moord's host routing")
+        # replaced in place, not added beside: one filter each, the new program's
+        assert [len(tc_filters(node, p[3])) for p in (a, b, c)] == [1, 1, 1]
+        assert node.lab.ping(a[0], c[1])
+        time.sleep(1)
+    finally:
+        stopfile.touch()
+        sent = int(send.communicate(timeout=20)[0].strip() or 0)
+    time.sleep(0.5)  # the last datagrams in flight
+    recv.send_signal(signal.SIGTERM)
+    recv.wait(10)
+    got = json.loads(out.read_text())
+    assert sent > 1000 and got["received"] == sent and not got["missing"], (sent, got)
+    # every datagram took the fast path: the stack forwarded none of them (pings, probes: a few)
+    assert node.forwarded() - fwd < 40, (node.forwarded() - fwd, sent)
+
+    stop(agent, signal.SIGINT)  # a full shutdown: moor's filters go, the pods use the stack
+    assert [tc_filters(node, p[3]) for p in (a, b, c)] == [[], [], []]
+    fwd = node.forwarded()
+    assert node.lab.ping(a[0], b[1]) and node.lab.ping(c[0], a[2])
+    assert node.forwarded() - fwd >= 4
+
+
+def test_moord_with_host_routing_off_removes_what_a_previous_moord_left(node: Node, tmp_path: Path):
+    a = node.add_pod("pa")
+    agent = start_moord(node, tmp_path)
+    wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
+             what="moord's host routing")
+    if not tc_filters(node, a[3]):
+        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+    stop(agent, signal.SIGTERM)
+    assert tc_filters(node, a[3])
+    agent = start_moord(node, tmp_path, hostRouting=False)
+    assert not tc_filters(node, a[3])
+    assert any("disabled in moord's config (dataplane.hostRouting)" in l for l in host_routing_lines(tmp_path))
+    assert any("removed the filters a previous moord left on 1 pod veth" in l for l in host_routing_lines(tmp_path))
+    stop(agent, signal.SIGINT)
