@@ -458,6 +458,12 @@ def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
             log.warning("%s not loaded: %s", name, e, extra={"probe": name})
 
 
+async def _after(first, fn, *args):
+    if first is not None:
+        await first  # never raises: _load_host_routing reports its own failure
+    return await fn(*args)
+
+
 async def _load_host_routing(view: AgentView, hr: HostRouting) -> None:
     """Compile and load off the loop (seconds), then attach on the loop: the route watch calls
     pod_route() there too, so no pod falls between what was known and what comes next."""
@@ -675,15 +681,17 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             if fib is not None and (n := fib.sweep_adopted()):
                 log.info("removed %d learned routes no peer sends any more", n)
         settling = asyncio.ensure_future(settle()) if fib is not None and fib.adopted else None
-        if conf.probe.enabled:
-            loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
-        else:
-            view.components["probe"] = Component("probe", True, "disabled in moord's config")
-            log.info("probes not loaded: disabled in moord's config (probe.enabled)")
+        # bcc (LLVM) compiles one program at a time: host routing first (the pods' dataplane),
+        # then the probes, one worker thread after the other
         if hr is not None:
             hr_loading = asyncio.ensure_future(_load_host_routing(view, hr))
         else:
             _host_routing_off(view, conf, present)
+        if conf.probe.enabled:
+            loading = asyncio.ensure_future(_after(hr_loading, asyncio.to_thread, _load_probes, view, conf.probe))
+        else:
+            view.components["probe"] = Component("probe", True, "disabled in moord's config")
+            log.info("probes not loaded: disabled in moord's config (probe.enabled)")
         serving = view.serving = True
         log.info("ready: start-up done")
         await stop.wait()
