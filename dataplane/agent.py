@@ -34,7 +34,7 @@ import yaml
 from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
 from bgp.speaker import Speaker, canonical
-from bgp.wire import key_str
+from bgp.wire import key_network, key_str
 
 from . import logs
 from . import metrics as metrics_server
@@ -42,6 +42,7 @@ from . import prereq, restart
 from .api import server as api_server
 from .cniserver import CNIServer
 from .fib import Fib
+from .hostrouting import HostRouting, HostRoutingConfig, remove_filters
 from .routewatch import RouteWatch
 from .view import AgentView, Component, ProbeConfig
 
@@ -74,11 +75,12 @@ class AgentConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     ipam_config: str = ""  # the CNI network config whose moor-ipam reservations the API shows
     node: prereq.NodeConfig = field(default_factory=prereq.NodeConfig)
+    host_routing: HostRoutingConfig = field(default_factory=HostRoutingConfig)
 
 
 # -- the schema: every key moord knows, per section -------------------------------------------------
 KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("bgp", "api", "cni", "metrics", "probe", "ipam", "node"),
+    "": ("bgp", "api", "cni", "metrics", "probe", "ipam", "node", "dataplane"),
     "bgp": ("asn", "routerId", "listenAddress", "listenPort", "holdTime", "nextHopIPv6", "peers", "gracefulRestart",
             "installLearned", "advertise"),
     "bgp.peers[]": ("address", "asn", "passive", "port", "holdTime", "communities", "password", "ttlSecurity",
@@ -91,6 +93,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "probe": ("enabled", "sessionLimit", "sessionAgingSeconds", "maxSessions"),
     "ipam": ("config",),
     "node": ("forwarding",),
+    "dataplane": ("hostRouting", "uplinks"),
 }
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
@@ -370,7 +373,17 @@ def load(text: str) -> AgentConfig:
                        metrics_address=met.ip("address", "0.0.0.0"),
                        metrics_port=met.int_in("port", 0, 65535, 9653, what=" (0 turns metrics off)"),
                        probe=probe, ipam_config=ipam.path("config", "", writes=False, off=True),
-                       node=prereq.NodeConfig(forwarding=_forwarding(node)))
+                       node=prereq.NodeConfig(forwarding=_forwarding(node)),
+                       host_routing=_host_routing(top.section("dataplane")))
+
+
+def _host_routing(dp: _Section) -> HostRoutingConfig:
+    uplinks = dp.get("uplinks", list, [])
+    for i, name in enumerate(uplinks):
+        if not isinstance(name, str) or not name or len(name.encode()) > 15 or "/" in name or any(
+                c.isspace() for c in name):
+            raise ConfigError(f"dataplane.uplinks[{i}] {_show(name)}: not an interface name")
+    return HostRoutingConfig(enabled=dp.get("hostRouting", bool, False), uplinks=list(uplinks))
 
 
 def _forwarding(node: _Section) -> str:
@@ -446,6 +459,40 @@ def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
             log.warning("%s not loaded: %s", name, e, extra={"probe": name})
 
 
+async def _after(first, fn, *args):
+    if first is not None:
+        await first  # never raises: _load_host_routing reports its own failure
+    return await fn(*args)
+
+
+async def _load_host_routing(view: AgentView, hr: HostRouting) -> None:
+    """Compile and load off the loop (seconds), then attach on the loop: the route watch calls
+    pod_route() there too, so no pod falls between what was known and what comes next."""
+    try:
+        await asyncio.to_thread(hr.start)
+        hr.attach_all()
+    except Exception as e:  # HostRoutingUnavailable, netlink, or bcc failing in its own ways
+        hr.close(detach=True)
+        view.components["hostRouting"] = Component("hostRouting", False, str(e))
+        log.warning("host routing off: %s; pods are forwarded by the normal stack", e)
+        return
+    what = f"eBPF fast path on {len(hr.attached)} device(s)"
+    view.components["hostRouting"] = Component("hostRouting", True, what)
+    log.info("host routing on: %s", what)
+
+
+def _host_routing_off(view: AgentView, conf: AgentConfig, pod_devices: set[int]) -> None:
+    why = ("disabled in moord's config (dataplane.hostRouting)" if not conf.host_routing.enabled
+           else "pod routes are not followed (bgp.advertise.podRoutes false)")
+    view.components["hostRouting"] = Component("hostRouting", True, f"off: {why}")
+    log.info("host routing off: %s; pods are forwarded by the normal stack", why)
+    try:  # a previous moord, stopped for a restart with it on, left its filters
+        if n := remove_filters(pod_devices):
+            log.info("host routing: removed the filters a previous moord left on %d pod veth(s)", n)
+    except OSError as e:
+        log.warning("host routing: cannot remove a previous moord's filters: %s", e)
+
+
 def _prerequisites(conf: AgentConfig, fwd: prereq.Forwarding, present: list) -> None:
     """Forwarding for the families the pods use: IPv4 always, IPv6 when the config or a pod route
     already in the table uses it (a later IPv6 pod route turns it on then, see run()). Not both
@@ -506,7 +553,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
     loop = asyncio.get_running_loop()
     gr_peers = any(p.graceful_restart for p in conf.peers)
     view = AgentView(ipam_config=conf.ipam_config, probe_conf=conf.probe, cni_socket=conf.cni_socket)
-    api = cni = metrics = fib = watch = speaker = settling = loading = None
+    api = cni = metrics = fib = watch = speaker = settling = loading = hr_loading = None
+    hr = HostRouting(conf.host_routing) if conf.host_routing.enabled and conf.advertise_pod_routes else None
     fwd = prereq.Forwarding(conf.node.forwarding)
     api_ino = 0
     state_began, previous_state = False, None
@@ -583,6 +631,8 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 speaker.announce(route.dst)
             else:
                 speaker.withdraw(route.dst)
+            if hr is not None:  # remembered until it is loaded, attached at once after
+                hr.pod_route(route.dst, route.oif, present)
             log.debug("%s %s", "advertise" if present else "withdraw", route.dst)  # a burst is 100k lines
 
         for block in conf.advertise_blocks:
@@ -597,8 +647,13 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 raise StartError(f"bgp.advertise.podRoutes: cannot follow the kernel routing table: {e}") from None
             for dst in present:  # bgp.wire.Key: the adj-RIB-out shares the watch's bytes
                 speaker.announce(dst)
+            # the pod veths: host routing attaches to them, or (off) cleans what a predecessor left
+            pod_devices = {oif for oif in watch.routes.values() if oif}
+            if hr is not None:  # networks only here: no object per route otherwise (100k routes)
+                for k, oif in watch.routes.items():
+                    hr.pod_route(key_network(k[0]), oif, True)
         else:
-            present = []
+            present, pod_devices = [], set()
 
         # forwarding before BGP: once peers learn our routes, packets for the pods arrive
         _prerequisites(conf, fwd, present)
@@ -630,8 +685,14 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
             if fib is not None and (n := fib.sweep_adopted()):
                 log.info("removed %d learned routes no peer sends any more", n)
         settling = asyncio.ensure_future(settle()) if fib is not None and fib.adopted else None
+        # bcc (LLVM) compiles one program at a time: host routing first (the pods' dataplane),
+        # then the probes, one worker thread after the other
+        if hr is not None:
+            hr_loading = asyncio.ensure_future(_load_host_routing(view, hr))
+        else:
+            _host_routing_off(view, conf, pod_devices)
         if conf.probe.enabled:
-            loading = asyncio.ensure_future(asyncio.to_thread(_load_probes, view, conf.probe))
+            loading = asyncio.ensure_future(_after(hr_loading, asyncio.to_thread, _load_probes, view, conf.probe))
         else:
             view.components["probe"] = Component("probe", True, "disabled in moord's config")
             log.info("probes not loaded: disabled in moord's config (probe.enabled)")
@@ -655,6 +716,13 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
         for probe in (view.drops, view.sessions):
             if probe is not None:
                 _quietly_sync("closing a probe", probe.close)
+        if hr_loading is not None:
+            await hr_loading
+        if hr is not None:
+            # a restart stop (SIGTERM) leaves the filters: pods keep the fast path while moord is
+            # away and the next moord replaces them in place; a full shutdown removes them
+            restart_stop = serving and graceful_stop is not None and graceful_stop.is_set()
+            _quietly_sync("closing host routing", hr.close, not restart_stop)
         if watch is not None:
             watch.stop(loop)
         if speaker is not None:

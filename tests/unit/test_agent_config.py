@@ -57,6 +57,7 @@ def full(tmp: Path) -> dict:
         "probe": {"enabled": False, "sessionLimit": 500000, "sessionAgingSeconds": 30, "maxSessions": 4096},
         "ipam": {"config": str(tmp / "net.d" / "10-moor.conflist")},
         "node": {"forwarding": "off"},
+        "dataplane": {"hostRouting": False, "uplinks": ["up0", "bond0.42"]},
     }
 
 
@@ -80,6 +81,7 @@ def test_good_full_config(tmp_path):
     assert c.ipam_config == doc["ipam"]["config"]
     assert (p0.max_prefixes, p1.max_prefixes) == (1000, 0)
     assert c.node.forwarding == "off"
+    assert (c.host_routing.enabled, c.host_routing.uplinks) == (False, ["up0", "bond0.42"])
 
 
 def test_the_schema_covers_every_key_of_the_full_config(tmp_path):
@@ -220,6 +222,14 @@ BAD = [
     (T(node={"forwarding": "ON"}), "node.forwarding ON: must be auto, on or off"),
     (T(node={"forwarding": 1}), "node.forwarding must be auto, on or off, got 1"),
     (T(node={"forwarding": ["on"]}), "node.forwarding must be auto, on or off, got ['on']"),
+    # dataplane
+    (T(dataplane={"hostrouting": True}), "dataplane.hostrouting: unknown key (did you mean hostRouting?)"),
+    (T(dataplane={"hostRouting": "yes"}), "dataplane.hostRouting must be bool, got 'yes'"),
+    (T(dataplane={"uplinks": "up0"}), "dataplane.uplinks must be a list, got 'up0'"),
+    (T(dataplane={"uplinks": ["up0", ""]}), "dataplane.uplinks[1] '': not an interface name"),
+    (T(dataplane={"uplinks": ["a-name-too-long-for-linux"]}),
+     "dataplane.uplinks[0] a-name-too-long-for-linux: not an interface name"),
+    (T(dataplane={"uplinks": [7]}), "dataplane.uplinks[0] 7: not an interface name"),
     (B(stateFile="/tmp/gr.json"), "bgp.stateFile: unknown key here (it belongs in bgp.gracefulRestart)"),
     (B(frobnicate=1), "bgp.frobnicate: unknown key (known: asn, routerId,"),
     ("bgp: {asn: 1, routerId: 192.0.2.2, 7: x}", "bgp.7: unknown key"),

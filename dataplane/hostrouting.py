@@ -1,0 +1,252 @@
+"""eBPF host routing for routed mode: a tc program on each pod's host veth forwards what the pod
+sends in the kernel's fast path (bpf_fib_lookup on the kernel's own tables; bpf_redirect_peer into
+a local pod's netns, bpf_redirect_neigh out of the node) and leaves the rest to the normal stack.
+See hostrouting.bpf.c for what it forwards and what it passes.
+
+moord owns one HostRouting: pod_route() for every proto-109 route the route watch reports (before
+start() too: they are remembered), start() to compile and load (seconds: off the event loop),
+attach_all() on the loop once loaded, close(detach) at the end. The tc filters are plain cls_bpf
+filters at moor's priority and handle: they outlive moord (a restart replaces them in place with
+the new program; pods keep the fast path meanwhile) until close(detach=True) on a full shutdown.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cni.netlink import wire as w
+from cni.netlink.rtnl import RTNL, NetlinkError
+
+log = logging.getLogger("moord.hostrouting")
+
+BPF_SOURCE = Path(__file__).with_name("hostrouting.bpf.c")
+MAX_PODS = 4096
+# moor's tc filter on the ingress hook: priority 1 (first: it is the routing decision) and a handle
+# that says whose it is; a restart replaces exactly this filter, a shutdown removes exactly it
+PRIO = 1
+HANDLE = 0x6D6F6F72  # "moor"
+NAME = "moor_hostrouting"
+COUNTERS = ("to_pod", "to_uplink", "pass_not_ip", "pass_special", "pass_source", "pass_fib", "pass_mtu")
+
+# rtnetlink traffic control (include/uapi/linux/rtnetlink.h, pkt_sched.h, pkt_cls.h)
+RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 36, 37, 44, 45, 46
+TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
+TC_H_CLSACT = 0xFFFFFFF1
+TC_H_INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+CLSACT_HANDLE = 0xFFFF0000
+ETH_P_ALL = 0x0003
+
+
+class HostRoutingUnavailable(RuntimeError):
+    """The kernel or bcc cannot run host routing here: the reason, in one line."""
+
+
+@dataclass
+class HostRoutingConfig:
+    enabled: bool = False  # opt-in until the gaps in README "Host routing" are closed; moord says why when it cannot load
+    uplinks: list[str] = field(default_factory=list)  # node uplinks whose way in to pods is redirected too
+
+
+class Tc(RTNL):
+    """The few tc requests host routing needs: a clsact qdisc and one direct-action bpf filter."""
+
+    def clsact(self, ifindex: int) -> bool:
+        """A clsact qdisc on the device; True when this call created it."""
+        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
+        try:
+            self._request(RTM_NEWQDISC, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"clsact on ifindex {ifindex}")
+        except NetlinkError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    def clsact_del(self, ifindex: int) -> None:
+        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
+        self._request(RTM_DELQDISC, 0, body, f"remove clsact on ifindex {ifindex}")
+
+    def _filter(self, ifindex: int) -> bytes:
+        return TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS_PARENT,
+                          (PRIO << 16) | socket.htons(ETH_P_ALL))
+
+    def filter_replace(self, ifindex: int, prog_fd: int) -> None:
+        """moor's filter with this program: created, or replaced in place (no moment without one)."""
+        opts = w.attr_nested(TCA_OPTIONS, w.attr_u32(TCA_BPF_FD, prog_fd), w.attr_str(TCA_BPF_NAME, NAME),
+                             w.attr_u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT))
+        self._request(RTM_NEWTFILTER, w.NLM_F_CREATE | w.NLM_F_REPLACE, self._filter(ifindex)
+                      + w.attr_str(TCA_KIND, "bpf") + opts, f"bpf filter on ifindex {ifindex}")
+
+    def filter_del(self, ifindex: int) -> bool:
+        """Remove moor's filter; False when there was none (or no device)."""
+        try:
+            self._request(RTM_DELTFILTER, 0, self._filter(ifindex) + w.attr_str(TCA_KIND, "bpf"),
+                          f"remove bpf filter on ifindex {ifindex}")
+        except NetlinkError as e:
+            if e.errno in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                return False
+            raise
+        return True
+
+
+def _src_key(ifindex: int, dst) -> bytes:
+    """struct src_key: ifindex, family, address (16 bytes, IPv4 in the first 4)."""
+    fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    return struct.pack("=II16s", ifindex, fam, dst.network_address.packed)
+
+
+class HostRouting:
+    """The loaded program, its maps and the devices it is attached to (see the module doc)."""
+
+    def __init__(self, conf: HostRoutingConfig | None = None, max_pods: int = MAX_PODS):
+        self.conf = conf or HostRoutingConfig()
+        self.max_pods = max_pods
+        self.routes: dict[int, set] = {}  # host veth ifindex -> its pod routes' destinations
+        self.attached: set[int] = set()  # devices carrying this program (pods and uplinks)
+        self.ready = False  # attach_all() ran: pod_route() attaches at once from here
+        self._bpf = None
+        self._fn_pod = self._fn_uplink = None
+        self._tc: Tc | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Compile and load (HostRoutingUnavailable with the reason when the kernel or bcc cannot);
+        nothing is attached yet. Safe in a worker thread: it touches no shared state but its own."""
+        from bcc import BPF  # heavy; absent where python3-bpfcc is not installed
+
+        from .probe.errors import ProbeUnavailable
+        from .probe.kheaders import compile_bpf
+        try:
+            bpf = compile_bpf([f"-DMAX_PODS={self.max_pods}"], src_file=str(BPF_SOURCE))
+        except ProbeUnavailable as e:
+            raise HostRoutingUnavailable(str(e)) from None
+        try:
+            # the verifier rejects a helper this kernel lacks (bpf_redirect_peer 5.10,
+            # bpf_redirect_neigh with a next hop 5.13): the load says why
+            self._fn_pod = bpf.load_func(b"from_pod", BPF.SCHED_CLS)
+            self._fn_uplink = bpf.load_func(b"from_uplink", BPF.SCHED_CLS)
+        except Exception as e:
+            bpf.cleanup()
+            raise HostRoutingUnavailable(f"the kernel refused the tc program: {' '.join(str(e).split())[:300]}") \
+                from None
+        self._bpf = bpf
+        self._tc = Tc()
+
+    # -- pods ------------------------------------------------------------------------------------
+    def pod_route(self, dst, oif: int, present: bool) -> None:
+        """A proto-109 route appeared or went (from the route watch). Never raises: a pod the
+        program cannot serve is served by the normal stack."""
+        if not oif:
+            return
+        dst = ipaddress.ip_network(dst)
+        if present:
+            self.routes.setdefault(oif, set()).add(dst)
+            if self.ready:
+                self._attach_pod(oif, [dst])
+            return
+        dsts = self.routes.get(oif)
+        if dsts is None or dst not in dsts:
+            return
+        dsts.discard(dst)
+        if self._bpf is not None:
+            self._bpf[b"sources"].pop(self._bpf[b"sources"].Key.from_buffer_copy(_src_key(oif, dst)), None)
+        if not dsts:  # the pod is gone (its veth with it, and the filter with the veth)
+            del self.routes[oif]
+            self.attached.discard(oif)
+            if self._bpf is not None:
+                self._bpf[b"pods"].pop(self._bpf[b"pods"].Key(oif), None)
+
+    def attach_all(self) -> None:
+        """On the loop, once start() returned: every pod known so far, then the uplinks."""
+        for oif, dsts in list(self.routes.items()):
+            self._attach_pod(oif, list(dsts))
+        for name in self.conf.uplinks:
+            link = self._tc.link_get(name)
+            if link is None:
+                log.warning("host routing: uplink %s (dataplane.uplinks) does not exist: its way in stays with "
+                            "the normal stack", name)
+                continue
+            try:
+                self._attach(link.index, self._fn_uplink.fd)
+                log.info("host routing: attached to uplink %s (to local pods only)", name)
+            except OSError as e:
+                log.warning("host routing: cannot attach to uplink %s: %s", name, e)
+        self.ready = True
+
+    def _attach_pod(self, oif: int, dsts: list) -> None:
+        b = self._bpf
+        link = self._tc.link_get(index=oif)
+        if link is None or link.kind != "veth":  # gone already, or not a pod's veth after all
+            log.debug("host routing: ifindex %d is %s: not attached", oif, "gone" if link is None else link.kind)
+            return
+        keys = [b[b"sources"].Key.from_buffer_copy(_src_key(oif, d)) for d in dsts]
+        for k in keys:
+            b[b"sources"][k] = b[b"sources"].Leaf(1)
+        b[b"pods"][b[b"pods"].Key(oif)] = b[b"pods"].Leaf(1)
+        if oif in self.attached:
+            return
+        try:
+            self._attach(oif, self._fn_pod.fd)
+        except OSError as e:  # the pod works through the normal stack; the maps as they were
+            for k in keys:
+                b[b"sources"].pop(k, None)
+            if not self.routes.get(oif, set()) - set(dsts):
+                b[b"pods"].pop(b[b"pods"].Key(oif), None)
+            log.warning("host routing: cannot attach to %s: %s (its pod uses the normal stack)", link.name, e)
+            return
+        log.debug("host routing: attached to %s", link.name)
+
+    def _attach(self, ifindex: int, fd: int) -> None:
+        """clsact (when missing) and moor's filter, replaced in place when one is there; a
+        failure removes the clsact this call created."""
+        created = self._tc.clsact(ifindex)
+        try:
+            self._tc.filter_replace(ifindex, fd)
+        except OSError:
+            if created:
+                try:
+                    self._tc.clsact_del(ifindex)
+                except OSError:
+                    pass
+            raise
+        self.attached.add(ifindex)
+
+    # -- reading and stopping ------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Packets by outcome, summed over CPUs."""
+        if self._bpf is None:
+            return {}
+        t = self._bpf[b"counters"]
+        return {name: sum(t[t.Key(i)]) for i, name in enumerate(COUNTERS)}
+
+    def close(self, detach: bool) -> None:
+        """`detach`: remove moor's filter from every device it is on (a full shutdown). Otherwise
+        the filters stay, and with them the program and its maps (a restart stop)."""
+        if self._tc is not None:
+            if detach:
+                for ifindex in sorted(self.attached):
+                    try:
+                        self._tc.filter_del(ifindex)
+                    except OSError as e:
+                        log.warning("host routing: cannot detach from ifindex %d: %s", ifindex, e)
+                self.attached.clear()
+            self._tc.close()
+            self._tc = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        self.ready = False
+
+
+def remove_filters(ifindexes) -> int:
+    """moor's filter off these devices (host routing turned off in the config, after a moord that
+    had it on stopped for a restart); how many there were."""
+    with Tc() as tc:
+        return sum(1 for i in ifindexes if tc.filter_del(i))
