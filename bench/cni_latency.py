@@ -7,10 +7,15 @@ on the machine hits all alike:
   routed:  Go ptp + host-local (the reference); moor bgp + host-local and + moor-ipam, alone and agent
 Then 100 pods at concurrency 8, ADD and DEL throughput, the reference and moor both ways, repeated.
 
+A pod lives --age seconds (default 0.1) between its ADD and its DEL. Deleting a veth costs the kernel
+~20 ms right after it was made and ~40 ms once the new link's own set-up (IPv6 addrconf) has run,
+~30 ms later (measured in one process: 20.2 ms back to back, 41.6 ms after a 30 ms pause): a DEL
+right behind its ADD would measure how fast each plugin starts, not what deleting a pod costs.
+
 Every plugin runs inside the node's network namespace the same way: this process enters it once,
 before the first exec, so no side pays for `ip netns exec` or a preexec hook. Printed: medians, p90,
 and the median of the per-round ratios variant/reference with its interquartile range.
-Run as root: ./run bench [--rounds N] [--pods N] [--concurrency N] [--reps N]
+Run as root: ./run bench [--rounds N] [--pods N] [--concurrency N] [--reps N] [--age S]
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=100, help="pods in the concurrency test (default 100)")
     ap.add_argument("--concurrency", type=int, default=8, help="calls at once in it (default 8)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the concurrency test (default 3)")
+    ap.add_argument("--age", type=float, default=0.1,
+                    help="seconds a pod lives between its ADD and its DEL (default 0.1; 0: back to back)")
     a = ap.parse_args()
     if a.rounds < 2 or a.pods < 1 or a.concurrency < 1 or a.reps < 1:
         ap.error("--rounds must be >= 2, --pods, --concurrency and --reps >= 1")
@@ -154,6 +161,7 @@ def main() -> int:
                         args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=b;K8S_POD_NAME=p{r}"
                         pod = pods[r % 4]
                         times[group][name]["ADD"].append(_call(exe, "ADD", conf, pod, cid, str(cni_bin), args))
+                        time.sleep(a.age)  # the pod lives a moment, as pods do (see --age)
                         times[group][name]["DEL"].append(_call(exe, "DEL", conf, pod, cid, str(cni_bin), args))
             # throughput: many pods at once
             cvars = {"go macvlan+host-local": groups["macvlan"]["go macvlan+host-local"],
