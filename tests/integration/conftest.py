@@ -8,6 +8,7 @@ node, so the host's real netns is never touched.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -64,6 +65,19 @@ class MacvlanNet:
         """The node's host shims (mshim*) and the addresses each holds."""
         return {a["ifname"]: [i["local"] for i in a.get("addr_info", []) if i.get("scope") == "global"]
                 for a in ipj(self.node, "addr", "show") if a["ifname"].startswith("mshim")}
+
+    def add_after_netns_gone(self, pod: str, conf: dict, **kw: Any) -> dict:
+        """ADD for a pod whose old sandbox's netns was just deleted: the kernel tears that netns's
+        devices down asynchronously, and until its macvlan is gone the same MAC is still in use on
+        the parent (code 11, "retry after its DEL"). Retried as kubelet retries; a hang guard."""
+        deadline = time.monotonic() + 30
+        while True:
+            r = self.cni("ADD", conf, pod, **kw)
+            if r.code == 0:
+                return r.json
+            if r.error_code != 11 or time.monotonic() > deadline:
+                raise AssertionError((r.stdout, r.stderr))
+            time.sleep(0.05)
 
     def snapshot(self) -> dict:
         """Everything a failed or rolled-back call must leave unchanged."""

@@ -111,7 +111,7 @@ def test_recreated_pod_waits_while_its_old_sandbox_lives(net: MacvlanNet, mode: 
     # the old sandbox dies without a DEL (a crashed runtime): its netns is gone, that is proof
     sh("ip", "netns", "del", net.pods.pop("old"))
     net.lab.namespaces.remove(f"{net.lab.prefix}-old")
-    again = net.add("new", conf, args=_args("db-0", "uid-2"), container_id="cid-new2")
+    again = net.add_after_netns_gone("new", conf, args=_args("db-0", "uid-2"), container_id="cid-new2")
     assert again["ips"][0]["address"].split("/")[0] == ip
     assert _records(net)[ip]["container_id"] == "cid-new2"
 

@@ -55,7 +55,7 @@ def test_late_del_of_the_old_container_does_not_free_the_new_pods_ip(net: Macvla
     old = net.add("pod1", conf, args=_args("db-0"), container_id="c-old")
     sh("ip", "netns", "del", net.pods.pop("pod1"))  # the old sandbox is gone, its DEL not yet run
     net.lab.namespaces.remove(f"{net.lab.prefix}-pod1")
-    new = net.add("pod2", conf, args=_args("db-0"), container_id="c-new")  # re-created before DEL came
+    new = net.add_after_netns_gone("pod2", conf, args=_args("db-0"), container_id="c-new")  # before DEL came
     assert new["ips"] == old["ips"]
     assert net.cni("DEL", conf, "pod1", container_id="c-old", args=_args("db-0"),
                    netns="/run/netns/gone").code == 0
