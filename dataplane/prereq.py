@@ -12,6 +12,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from cni.netlink.netns import write_sysctl
+
 log = logging.getLogger("moord.node")
 
 PROC = "/proc/sys"
@@ -43,8 +45,7 @@ def read(parts: tuple[str, ...]) -> str | None:
 
 
 def write(parts: tuple[str, ...], value: str) -> None:
-    with open(os.path.join(PROC, *parts), "w") as f:
-        f.write(value)
+    write_sysctl("/".join(parts), value)
 
 
 @dataclass

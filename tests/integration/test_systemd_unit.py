@@ -13,13 +13,13 @@ import pytest
 
 from tests.helpers import REPO, ipj
 from tests.integration.conftest import MacvlanNet
+from tests.integration.test_agent_api import FETCH
 from tests.integration.test_fast_path import TIMING, _args, _in_process, _routed
 from tests.interop.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
 UNIT = REPO / "deploy/systemd/moord.service"
-FETCH = "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
 CAP_BITS = {"net_bind_service": 10, "net_admin": 12, "net_raw": 13, "sys_admin": 21, "sys_resource": 24,
