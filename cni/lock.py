@@ -108,12 +108,19 @@ class AttachmentLock:
             self.fd = -1
 
 
+def _is_attachment_lock(name: str) -> bool:
+    """att-<32 hex>.lock only: the same directory holds the shared-link locks (<link>.lock), which
+    have no inode check and must never be unlinked under a waiter."""
+    return (len(name) == 41 and name.startswith("att-") and name.endswith(".lock")
+            and all(c in "0123456789abcdef" for c in name[4:36]))
+
+
 def sweep(lock_dir: str, stale) -> int:
     """Remove the lock files nobody holds whose owner `stale(key)` says is gone (an attachment whose
     DEL never came); returns how many. A file an operation is about to lock is safe: that operation
     finds it unlinked and locks a fresh one."""
     try:
-        names = [n for n in os.listdir(lock_dir) if n.startswith("att-") and n.endswith(".lock")]
+        names = [n for n in os.listdir(lock_dir) if _is_attachment_lock(n)]
     except FileNotFoundError:
         return 0
     n = 0

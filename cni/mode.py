@@ -140,6 +140,9 @@ class Mode:
                                CNI_NETNS=att.netns)
                     delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
                 lock.discard()
+        # lock files of attachments that never got a record (an operation killed early whose DEL
+        # never came): nothing lists them, so the sweep finds them
+        self.store.sweep_locks(self.conf.name)
         if ipam_gc:
             keep = self._ipam_gc_keep()
             conf = dict(self.conf.raw, **{k: list(self.conf.raw[k]) + keep for k in config.GC_KEYS

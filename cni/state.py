@@ -12,7 +12,7 @@ import sys
 from .record import asdict, record, field
 
 from .errors import IO_FAILURE, CNIError
-from .lock import digest, held
+from .lock import digest, held, sweep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -216,6 +216,21 @@ class Store:
         """The attachment's lock, held for a whole ADD, DEL, CHECK or GC of it (cni.lock.held)."""
         return held(os.path.join(self.root, "locks"), (network, container_id, ifname),
                     f"container {container_id[:64]} {ifname}", wait)
+
+    def sweep_locks(self, network: str) -> int:
+        """Remove this network's attachment lock files that nobody holds and whose attachment has
+        no record: an ADD, DEL or GC SIGKILLed after it created the file and before it wrote the
+        record or discarded the file, for a container whose DEL never comes (GC runs this)."""
+        def stale(key: tuple[str, ...]) -> bool:
+            if len(key) != 3:
+                return True  # its writer died before naming it: nobody can be waiting for it
+            if key[0] != network:
+                return False
+            try:
+                return self.get(*key) is None
+            except CNIError:
+                return False  # an unreadable record: keep its lock, the record is the question
+        return sweep(os.path.join(self.root, "locks"), stale)
 
     # -- shared node objects (a VLAN sub-interface, a host shim) ----------------------------
     def _owned(self, link: str) -> str:

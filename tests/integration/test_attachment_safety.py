@@ -236,3 +236,48 @@ def test_closed_stdin_is_a_decode_error_in_json(net: MacvlanNet, tmp_path: Path)
     p = subprocess.run(["sh", "-c", f"exec {exe} <&-"], env=env, capture_output=True, timeout=60)
     assert p.returncode == 1 and b"Traceback" not in p.stderr
     assert json.loads(p.stdout)["code"] == 6
+
+
+@pytest.mark.parametrize("mode", ["macvlan", "bgp"])
+def test_gc_removes_the_lock_file_of_an_add_killed_before_its_record(net: MacvlanNet, mode: str):
+    """A plugin SIGKILLed early in ADD (after it created the attachment's lock file, before any
+    record) for a sandbox whose runtime then crashed: no DEL ever comes, and the file is in no
+    list. GC sweeps it; the lock of an ADD still running stays, and that ADD completes."""
+    conf = _conf(net, mode)
+    gc_conf = dict(conf, cniVersion="1.1.0",
+                   **{"cni.dev/valid-attachments": [{"containerID": "cid-pod2", "ifname": "eth0"}]})
+    locks = net.tmp / "state" / "locks"
+    net.pod("pod1"), net.pod("pod2")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0",
+           "CNI_PATH": net.path}
+    (net.tmp / "conf.json").write_text(json.dumps(conf))
+    procs = []
+    try:
+        for pod in ("pod1", "pod2"):
+            # pod1's ADD is killed in its pause; pod2's is still in its pause when GC runs
+            call = dict(env, CNI_CONTAINERID=f"cid-{pod}", CNI_NETNS=net.pod(pod), CNI_ARGS=_args(f"{pod}-0"),
+                        MOOR_PAUSE="open-netns:30" if pod == "pod1" else "open-netns:3")
+            with open(net.tmp / "conf.json", "rb") as stdin:
+                procs.append(subprocess.Popen(["ip", "netns", "exec", net.node, os.path.join(net.path, "moor")],
+                                              stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=call))
+        for _ in range(500):  # both hold their locks (each has written its key into the file)
+            if locks.exists() and len([f for f in locks.glob("att-*.lock") if f.stat().st_size]) == 2:
+                break
+            threading.Event().wait(0.01)
+        assert len(list(locks.glob("att-*.lock"))) == 2
+        procs[0].kill()
+        procs[0].wait()
+        r = net.cni("GC", gc_conf, "pod1", container_id="cid-gc")
+        assert r.code == 0, r.stdout
+        left = [f.read_bytes() for f in locks.glob("att-*.lock")]
+        assert left == [b"safe\0cid-pod2\0eth0"], left  # the killed ADD's file went, the running one's stayed
+        out, err = procs[1].communicate(timeout=60)
+        assert procs[1].returncode == 0, (out, err)
+        assert _pod_ips(net.pods["pod2"]) and not _pod_ips(net.pods["pod1"])
+        assert net.cni("DEL", conf, "pod2", args=_args("pod2-0")).code == 0
+        assert not list(locks.glob("att-*.lock"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
