@@ -57,7 +57,7 @@ class MacvlanPlugin(Mode):
             if link.kind != "vlan" or link.vlan_id != c.vlan or link.parent != master.index:
                 raise CNIError(INVALID_CONFIG, f"invalid network config: {name} exists but is not VLAN {c.vlan} of {master.name}")
             return link
-        self.store.mark_owned(name)  # before creating: an interrupted ADD's undo may remove it
+        self.store.mark_owned(name, name)  # before creating: an interrupted ADD's undo may remove it
         try:
             self.host.vlan_add(name, master.index, c.vlan, up=True)
         except NetlinkError as e:
@@ -74,7 +74,7 @@ class MacvlanPlugin(Mode):
         name = shim_name(parent.name)
         link = self.host.link_get(name)
         if link is None:
-            self.store.mark_owned(name)
+            self.store.mark_owned(name, parent.name)
             self.host.macvlan_add(name, parent.index, "bridge", up=True)
             link = self.host.link_get(name)
             assert link is not None
@@ -114,10 +114,12 @@ class MacvlanPlugin(Mode):
                 self.host.link_del(link.index)
             self.store.unmark_owned(name)
 
-    def _attach(self, att: Attachment, master: Link) -> tuple[Link, Optional[Link], dict]:
+    def _attach(self, att: Attachment, master: Link, steps: Steps) -> tuple[Link, Optional[Link], dict]:
         """Record the attachment and make what it shares with others on the parent: the VLAN
         sub-interface, the shim and the shim's addresses (all under the parent lock, so parallel
-        ADDs make each once). Returns the parent, the shim and the shim's source address per family."""
+        ADDs make each once). Returns the parent, the shim and the shim's source address per family.
+        A plugin killed before the record is written leaves them unrecorded: GC (and the DEL of
+        that container) release what no attachment uses (_sweep_shared)."""
         att.parent = self._parent_name(master)
         with self.store.lock(att.parent):
             try:
@@ -125,6 +127,7 @@ class MacvlanPlugin(Mode):
                 shim = self._ensure_shim(parent) if self.conf.host_shim else None
                 rec = self._ensure_shim_addrs(parent, shim) if shim is not None else None
                 att.shim = shim.name if shim else ""
+                steps.point("shared-made")
                 self.store.put(att)
             except BaseException:
                 self._release_shared(att.parent, att)
@@ -135,7 +138,8 @@ class MacvlanPlugin(Mode):
         """Forget an attachment: its shim routes (unless another attachment now holds the IP),
         the shared things it was the last user of, then its record (last: a release that fails
         leaves the record, so the runtime's retried DEL releases again). Idempotent."""
-        if not att.parent:
+        if not att.parent:  # pending (its ADD died before _attach): only the record to forget
+            self.store.remove(att.network, att.container_id, att.ifname)
             return
         with self.store.lock(att.parent):
             if att.shim:
@@ -179,8 +183,11 @@ class MacvlanPlugin(Mode):
         if pod.link_get(env.ifname) is not None:
             raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
 
+        att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname, parent="",
+                         netns=env.netns)
         ipam = Result()
         if c.ipam:
+            self._record_pending(steps, att)
             ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
                              self._ipam_undo)
         mac = self._choose_mac(ipam.ips)
@@ -191,10 +198,8 @@ class MacvlanPlugin(Mode):
                     raise CNIError(INVALID_CONFIG, f"invalid network config: 'hostShim.addresses' has no IPv"
                                    f"{ip.version} address for the pod's {ip.address}")
 
-        att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname,
-                         parent="", mac=mac, netns=env.netns,
-                         ips=[str(i.address) for i in ipam.ips])
-        parent, shim, srcs = steps.run("parent", lambda: self._attach(att, master), lambda: self._detach(att))
+        att.mac, att.ips = mac, [str(i.address) for i in ipam.ips]
+        parent, shim, srcs = steps.run("parent", lambda: self._attach(att, master, steps), lambda: self._detach(att))
 
         steps.run("link", lambda: self.host.macvlan_add(env.ifname, parent.index, c.macvlan_mode, mac=mac,
                                                        mtu=c.mtu, netns_fd=nsfd),
@@ -291,6 +296,13 @@ class MacvlanPlugin(Mode):
             self._delete_link_in(env.netns, env.ifname, "macvlan")
         if att is not None:
             self._detach(att)
+        else:  # a temp file of its record, if a writer was killed before the first rename
+            self.store.remove(c.name, env.container_id, env.ifname)
+        if (att is None or not att.parent) and (c.vlan or c.host_shim):
+            # its ADD may have died making the shared things: no record names them
+            master = self.host.link_get(c.master)
+            if master is not None:
+                self._sweep_parent(self._parent_name(master))
         if c.ipam:  # last: the IP is free only once nothing on the node points at it
             self._ipam("DEL")
 
@@ -324,6 +336,21 @@ class MacvlanPlugin(Mode):
         if att.netns:
             self._delete_link_in(att.netns, att.ifname, "macvlan")
         self._detach(att)
+
+    def _sweep_shared(self) -> None:
+        """Release the shared things no attachment uses: shim addresses, a shim, a VLAN
+        sub-interface that an ADD killed inside _attach made before it recorded its attachment."""
+        parents = {r.parent for r in self.store.shims(self.conf.name)} | self.store.owned_parents()
+        for parent in sorted(parents):
+            try:
+                self._sweep_parent(parent)
+            except CNIError as e:  # one parent's failure must not stop the rest of the GC
+                print(f"moor: GC could not release what moor made on {parent}: {e.msg}", file=sys.stderr)
+
+    def _sweep_parent(self, parent: str) -> None:
+        with self.store.lock(parent):  # every ADD records its attachment under this lock
+            if not any(a.parent == parent and a.network == self.conf.name for a in self.store.all()):
+                self._release_shared(parent)
 
     def _ipam_gc_keep(self) -> list[dict[str, str]]:
         return shims.gc_keep(self.store, self.conf.name)

@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, Optional
 
+    from .steps import Steps
+
 
 def open_pod_netns(env: Env) -> int:
     try:
@@ -143,11 +145,22 @@ class Mode:
         # lock files of attachments that never got a record (an operation killed early whose DEL
         # never came): nothing lists them, so the sweep finds them
         self.store.sweep_locks(self.conf.name)
+        self._sweep_shared()
         if ipam_gc:
             keep = self._ipam_gc_keep()
             conf = dict(self.conf.raw, **{k: list(self.conf.raw[k]) + keep for k in config.GC_KEYS
                                           if k in self.conf.raw})
             delegate.run(self.conf.ipam["type"], "GC", self.environ, self.env.path, conf)
+
+    def _record_pending(self, steps: Steps, att: Attachment) -> None:
+        """Record the attachment before IPAM allocates for it: a plugin killed between the two
+        would leave an IP that no record names, which an IPAM without GC (host-local) never gets
+        back when the runtime's DEL does not come either. GC releases a pending record like any."""
+        steps.run("pending", lambda: self.store.put(att, durable=False),
+                  lambda: self.store.remove(att.network, att.container_id, att.ifname))
+
+    def _sweep_shared(self) -> None:
+        """Release what the mode shares between attachments and no attachment uses any more."""
 
     def _ipam_gc_keep(self) -> list[dict[str, str]]:
         """Allocations of this network that belong to no container the runtime lists, yet are

@@ -60,14 +60,15 @@ class RoutedPlugin(Mode):
         if pod.link_get(env.ifname) is not None:
             raise CNIError(INTERFACE_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
         hname = self._host_name()
+        att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname, parent="",
+                         netns=env.netns, host_link=hname)
+        self._record_pending(steps, att)
         ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
                          self._ipam_undo)
         ips = [i.address.ip for i in ipam.ips]
         mac = self._choose_mac(ipam.ips)
-        att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname, parent="",
-                         mac=mac, netns=env.netns, ips=[str(_host(ip)) for ip in ips], host_link=hname)
-        steps.run("record", lambda: self.store.put(att),
-                  lambda: self.store.remove(c.name, env.container_id, env.ifname))
+        att.mac, att.ips = mac, [str(_host(ip)) for ip in ips]
+        steps.run("record", lambda: self.store.put(att))  # the pending step's undo removes it
         steps.run("veth", lambda: self.host.veth_add(hname, env.ifname, nsfd, mtu=c.mtu, peer_mac=mac),
                   lambda: self._delete_host_veth(hname, att.ips))
         host = self.host.link_get(hname)

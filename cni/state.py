@@ -82,7 +82,9 @@ class Store:
         # records written before names were hashed; read and removed, never written
         return os.path.join(self._dir(network), f"{container_id}_{ifname}.json")
 
-    def put(self, att: Attachment) -> None:
+    def put(self, att: Attachment, durable: bool = True) -> None:
+        """Write the record atomically; durable=False skips the fsync (a pending record: it must
+        survive the plugin being killed, which the page cache does, not a power loss)."""
         d = self._dir(att.network)
         path = self._path(att.network, att.container_id, att.ifname)
         # one temp name per record: writers of a record hold its attachment lock, and a writer
@@ -92,8 +94,9 @@ class Store:
             os.makedirs(d, mode=0o700, exist_ok=True)
             with open(tmp, "w") as f:
                 json.dump(asdict(att), f)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic: a crash leaves the old record or the new one
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -227,18 +230,45 @@ class Store:
             if key[0] != network:
                 return False
             try:
-                return self.get(*key) is None
+                if self.get(*key) is not None:
+                    return False
             except CNIError:
                 return False  # an unreadable record: keep its lock, the record is the question
+            try:
+                self.remove(*key)  # a temp file its killed writer left (we hold the lock: nobody writes)
+            except CNIError:
+                return False
+            return True
         return sweep(os.path.join(self.root, "locks"), stale)
 
     # -- shared node objects (a VLAN sub-interface, a host shim) ----------------------------
     def _owned(self, link: str) -> str:
         return os.path.join(self.root, "owned", link)
 
-    def mark_owned(self, link: str) -> None:
+    def mark_owned(self, link: str, parent: str) -> None:
+        """Mark a link moor is about to create as its own; `parent` (the uplink or VLAN it serves)
+        lets GC find it again when the ADD that made it died before recording its attachment."""
         os.makedirs(os.path.dirname(self._owned(link)), mode=0o700, exist_ok=True)
-        open(self._owned(link), "w").close()
+        with open(self._owned(link), "w") as f:
+            f.write(parent)
+
+    def owned_parents(self) -> set[str]:
+        """The parents of every link marked as moor's (markers of older versions name none)."""
+        d = os.path.join(self.root, "owned")
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for n in names:
+            try:
+                with open(os.path.join(d, n)) as f:
+                    parent = f.read().strip()
+            except OSError:
+                continue
+            if parent:
+                out.add(parent)
+        return out
 
     def owned(self, link: str) -> bool:
         return os.path.exists(self._owned(link))

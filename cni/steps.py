@@ -34,12 +34,17 @@ class Steps:
             self.done.append((name, undo))
         value = do()
         self.names.append(name)
+        self.point(name)
+        return value
+
+    def point(self, name: str) -> None:
+        """A named point for tests (MOOR_PAUSE, MOOR_FAILPOINT), also inside a step: where a
+        SIGKILL or a failure leaves the node half-changed."""
         if self.pause and self.pause.partition(":")[0] == name:
             import time
             time.sleep(float(self.pause.partition(":")[2] or 1))
         if self.failpoint == name:
             raise InjectedFailure(f"failpoint after step {name!r}")
-        return value
 
     def rollback(self) -> None:
         """Undo finished steps in reverse; an undo that fails is recorded, the rest still run."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -61,6 +62,36 @@ def run_cni(node_ns: Optional[str], command: str, conf: Any, *, path: str, conta
     cmd = ["ip", "netns", "exec", node_ns, exe] if node_ns else [exe]
     p = subprocess.run(cmd, input=data, env=e, capture_output=True, timeout=60)
     return Reply(p.returncode, p.stdout, p.stderr)
+
+
+def kill_cni_at(node_ns: str, conf: Any, *, path: str, pause: str, ready, container_id: str, netns: str,
+                ifname: str = "eth0", args: str = "") -> None:
+    """Run an ADD that pauses at the named step (MOOR_PAUSE), wait until `ready()` says it is
+    there, and SIGKILL it: a plugin killed at that point, as kubelet's timeout or an OOM does."""
+    e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": "ADD",
+         "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": path,
+         "MOOR_PAUSE": f"{pause}:60"}
+    if args:
+        e["CNI_ARGS"] = args
+    p = subprocess.Popen(["ip", "netns", "exec", node_ns, os.path.join(path, conf["type"])], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    try:
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(conf).encode())
+        p.stdin.close()
+        for _ in range(2000):  # a hang guard: the pause is far longer
+            if ready():
+                break
+            if p.poll() is not None:
+                raise AssertionError(f"the ADD ended before its pause at {pause}: {p.stderr.read()!r}")
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"the ADD never reached its pause at {pause}")
+    finally:
+        p.kill()
+        p.wait()
+        for f in (p.stdout, p.stderr):
+            f.close()
 
 
 def ipj(ns: str, *args: str) -> Any:

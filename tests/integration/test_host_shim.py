@@ -21,7 +21,7 @@ import pytest
 
 from cni.netlink import netns as nsmod
 from dataplane.nslab import Lab, sh
-from tests.helpers import cni_path, ipj, run_cni
+from tests.helpers import cni_path, ipj, kill_cni_at, run_cni
 from tests.integration.conftest import MacvlanNet
 
 pytestmark = pytest.mark.integration
@@ -273,7 +273,7 @@ def test_bad_host_shim_values_are_code_7_and_create_nothing(snet: MacvlanNet, va
     assert snet.snapshot() == before
 
 
-@pytest.mark.parametrize("step", ["parent", "shim-routes"])
+@pytest.mark.parametrize("step", ["shared-made", "parent", "shim-routes"])
 def test_a_failed_first_add_undoes_the_shim_address_exactly(snet: MacvlanNet, step: str):
     """With moor-ipam a rollback puts the store back as it was (no cooling reservation left)."""
     conf = _moor_ipam(snet, hostShim=True)
@@ -284,6 +284,37 @@ def test_a_failed_first_add_undoes_the_shim_address_exactly(snet: MacvlanNet, st
     r = snet.cni("ADD", conf, env={"MOOR_FAILPOINT": step})
     assert r.error_code == 199, r.stdout
     assert snet.snapshot() == before
+
+
+@pytest.mark.parametrize("cleanup", ["DEL", "GC"])
+def test_an_add_killed_before_its_record_leaves_no_shim_behind(snet: MacvlanNet, cleanup: str):
+    """SIGKILL after the shim, its address and its IPAM allocation were made but before the
+    attachment was recorded: no record names them. The sandbox's DEL (kubelet tears down a failed
+    set-up) or, when no DEL comes, GC releases them; a later pod makes them afresh."""
+    conf = _moor_ipam(snet, "1.1.0", hostShim=True)
+    snet.add("pod0", _moor_ipam(snet))  # the store exists (an empty one is made on first use)
+    assert snet.cni("DEL", _moor_ipam(snet), "pod0").code == 0
+    snet.pod("pod1")
+    before = snet.snapshot()
+    kill_cni_at(snet.node, conf, path=snet.path, pause="shared-made", container_id="cid-pod1",
+                netns=snet.pod("pod1"), ready=lambda: sum(len(a) for a in snet.shims().values()) == 2)
+    assert len(_held_by_shim(snet, "moor-ipam")) == 2
+    [rec] = [json.loads(f.read_text()) for f in (snet.tmp / "state" / "networks").rglob("*.json")]
+    assert (rec["parent"], rec["shim"]) == ("", "")  # pending: no record names the parent or the shim
+    if cleanup == "DEL":
+        assert snet.cni("DEL", conf, "pod1").code == 0
+    else:  # the runtime crashed too: two GC passes with nothing listed
+        for _ in range(2):
+            r = run_cni(snet.node, "GC", dict(conf, **{"cni.dev/valid-attachments": []}), path=snet.path,
+                        container_id="", netns="", ifname="")
+            assert r.code == 0, r.stdout
+    assert snet.shims() == {} and _held_by_shim(snet, "moor-ipam") == set()
+    after = snet.snapshot()
+    for snap in (before, after):  # the released IPs cool down in the store: that is their record
+        snap["files"] = [f for f in snap["files"] if not f[0].endswith("ipam.sqlite3")]
+    assert after == before
+    res = snet.add("pod2", conf)  # and the next pod makes a working shim again
+    assert _tcp(snet.node, snet.pods["pod2"], _ips(res)[4]) == _shim(snet)[1][4]
 
 
 def test_a_failed_add_keeps_the_shim_address_another_pod_uses(snet: MacvlanNet):

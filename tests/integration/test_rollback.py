@@ -10,7 +10,7 @@ from tests.integration.conftest import MacvlanNet
 pytestmark = pytest.mark.integration
 
 # Every step of a macvlan ADD with a host shim and dual stack, in order.
-STEPS = ["open-netns", "ipam", "parent", "link", "sysctls", "addresses", "up", "routes", "shim-routes",
+STEPS = ["open-netns", "pending", "ipam", "parent", "link", "sysctls", "addresses", "up", "routes", "shim-routes",
          "announce"]
 
 

@@ -12,7 +12,7 @@ from tests.integration.conftest import MacvlanNet
 
 pytestmark = pytest.mark.integration
 
-ROUTED_STEPS = ["open-netns", "ipam", "record", "veth", "host-side", "addresses", "up", "pod-routes", "host-routes"]
+ROUTED_STEPS = ["open-netns", "pending", "ipam", "record", "veth", "host-side", "addresses", "up", "pod-routes", "host-routes"]
 
 
 def _conf(net: MacvlanNet, version: str = "1.0.0", **over) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from dataplane.nslab import sh
-from tests.helpers import ipj
+from tests.helpers import ipj, kill_cni_at, run_cni
 from tests.integration.conftest import MacvlanNet
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_a_link_with_the_parent_name_that_is_not_that_vlan_is_refused(vnet: Macv
     assert net.snapshot() == before
 
 
-@pytest.mark.parametrize("step", ["parent", "link", "announce"])
+@pytest.mark.parametrize("step", ["shared-made", "parent", "link", "announce"])
 def test_a_failed_add_removes_the_vlan_interface_it_created(vnet: MacvlanNet, step: str):
     net = vnet
     net.pod("pod1")
@@ -137,3 +137,22 @@ def test_the_host_shim_hangs_off_the_vlan_and_goes_with_it(vnet: MacvlanNet):
     assert net.lab.ping(net.node, _ip(r)), "the node cannot reach its pod through the shim"
     assert net.cni("DEL", dict(conf, prevResult=r), "pod1").code == 0
     assert not [n for n in _links(net) if n.startswith("mshim") or n == "up0.100"]
+
+
+def test_gc_removes_the_vlan_and_shim_of_an_add_killed_before_its_record(vnet: MacvlanNet):
+    """SIGKILL after the VLAN sub-interface and the shim were made, before the attachment was
+    recorded, and the runtime crashed too (no DEL): GC removes both."""
+    net = vnet
+    conf = _conf(net, cniVersion="1.1.0", hostShim=True)
+    net.pod("pod1")
+    before = net.snapshot()
+    kill_cni_at(net.node, conf, path=net.path, pause="shared-made", container_id="cid-pod1", netns=net.pod("pod1"),
+                ready=lambda: any(a["ifname"].startswith("mshim") and a.get("addr_info")
+                                  for a in ipj(net.node, "addr", "show")))
+    assert "up0.100" in _links(net)
+    for _ in range(2):  # a leak is released on the second pass
+        r = run_cni(net.node, "GC", dict(conf, **{"cni.dev/valid-attachments": []}), path=net.path,
+                    container_id="", netns="", ifname="")
+        assert r.code == 0, r.stdout
+    assert not [n for n in _links(net) if n.startswith("mshim") or n == "up0.100"]
+    assert net.snapshot() == before
