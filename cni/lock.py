@@ -116,8 +116,8 @@ def _is_attachment_lock(name: str) -> bool:
 
 
 def sweep(lock_dir: str, stale) -> int:
-    """Remove the lock files nobody holds whose owner `stale(key)` says is gone (an attachment whose
-    DEL never came); returns how many. A file an operation is about to lock is safe: that operation
+    """Remove the lock files nobody holds whose owner `stale((network, container ID, interface))`
+    says is gone (an attachment whose DEL never came); returns how many. A file an operation is about to lock is safe: that operation
     finds it unlinked and locks a fresh one."""
     try:
         names = [n for n in os.listdir(lock_dir) if _is_attachment_lock(n)]
@@ -132,7 +132,10 @@ def sweep(lock_dir: str, stale) -> int:
             continue
         if got:
             try:
-                if stale(lock.owner()):
+                key = lock.owner()
+                # a key that is not (network, container ID, interface): its writer died before
+                # naming it, so nobody can be waiting for it
+                if len(key) != 3 or stale(key):
                     lock.discard()
                     n += 1
             finally:

@@ -225,8 +225,6 @@ class Store:
         no record: an ADD, DEL or GC SIGKILLed after it created the file and before it wrote the
         record or discarded the file, for a container whose DEL never comes (GC runs this)."""
         def stale(key: tuple[str, ...]) -> bool:
-            if len(key) != 3:
-                return True  # its writer died before naming it: nobody can be waiting for it
             if key[0] != network:
                 return False
             try:

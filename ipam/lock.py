@@ -32,7 +32,5 @@ def sweep_stale(conf: IPAMConf, holders: set[tuple[str, str]]) -> int:
     """Remove the lock files of this network's attachments that hold no IP any more (their DEL
     never came: the pod was re-created and took its IP over, or GC released it)."""
     def stale(key: tuple[str, ...]) -> bool:
-        if len(key) != 3:
-            return True  # its writer died before naming it: nobody can be waiting for it
         return key[0] == conf.network and (key[1], key[2]) not in holders
     return sweep(_dir(conf), stale)

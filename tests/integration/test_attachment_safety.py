@@ -253,13 +253,14 @@ def test_gc_removes_the_lock_file_of_an_add_killed_before_its_record(net: Macvla
     def held_by(cid: str) -> bool:
         return locks.exists() and any(f.read_bytes() == f"safe\0{cid}\0eth0".encode() for f in locks.glob("att-*"))
     net.pod("pod1"), net.pod("pod2")
+    got: dict = {}
     running = threading.Thread(target=lambda: got.setdefault("add", net.cni(
         "ADD", conf, "pod2", args=_args("pod2-0"), env={"MOOR_PAUSE": "open-netns:5"})))
-    got: dict = {}
     running.start()
     try:
-        kill_cni_at(net.node, conf, path=net.path, pause="open-netns", ready=lambda: held_by("cid-pod1") and held_by("cid-pod2"),
-                    container_id="cid-pod1", netns=net.pod("pod1"), args=_args("pod1-0"))
+        kill_cni_at(net.node, conf, path=net.path, pause="open-netns", container_id="cid-pod1",
+                    netns=net.pod("pod1"), args=_args("pod1-0"),
+                    ready=lambda: held_by("cid-pod1") and held_by("cid-pod2"))
         assert held_by("cid-pod2"), "pod2's ADD is not in its pause: the test proves nothing"
         r = net.cni("GC", gc_conf, "pod1", container_id="cid-gc")
         assert r.code == 0, r.stdout
