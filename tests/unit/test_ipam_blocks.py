@@ -220,3 +220,84 @@ def test_gc_reads_only_its_nodes_blocks(etcd, request):
     own = len(net.key(next(f"block/{c}" for c, (n, _) in net.blocks().items() if n == "node-a")))
     # GC read node-a's block (twice: collect and the lock sweep) and its index, not node-b's
     assert s.bytes_read < 4 * own + 4096 < total, (s.bytes_read, own, total)
+
+
+def _churn(args) -> list[tuple[str, str, str]]:
+    """A node's worker: ADD/DEL pairs until `stop` exists, retrying code 11 as a runtime does.
+    Returns its journal: (event, container, ip)."""
+    endpoint, prefix, node, wid, stop = args
+    import os
+    import time
+    net = Net(endpoint, prefix, pools=MIG_POOLS)
+    log, i = [], 0
+    while not os.path.exists(stop) and i < 400:
+        cid = f"{node}-w{wid}-{i}"
+        for _ in range(200):
+            out, code = net.cni("ADD", node, cid, pod=f"p-{node}-{wid}-{i}")  # one live pod a name
+            if code != 11:
+                break
+            time.sleep(0.02)
+        assert code == 0, out
+        ip = out["ips"][0]["address"].split("/")[0]
+        log.append(("add", cid, ip))
+        if i % 2:  # every other pod stays
+            out, code = net.cni("DEL", node, cid)
+            while code == 11:
+                time.sleep(0.02)
+                out, code = net.cni("DEL", node, cid)
+            assert code == 0, out
+            log.append(("del", cid, ip))
+        i += 1
+    return log
+
+
+MIG_POOLS = [{"cidr": "198.51.100.0/22", "blockSize": 26}]
+
+
+def test_migrate_converts_the_first_layout_in_place_while_nodes_allocate(etcd, request, tmp_path):
+    import multiprocessing
+    prefix = f"/{request.node.name}"
+    net = Net(etcd.endpoint, prefix, pools=MIG_POOLS)
+    net.put("layout", b"ip")  # a network of the first layout: one key an IP
+    held = net.add("node-a", "sticky-old", pod="db-0")
+    for i in range(60):
+        net.add(f"node-{'abc'[i % 3]}", f"old-{i}")
+    assert net.cni("DEL", "node-a", "sticky-old", pod="db-0")[1] == 0  # held for db-0 in the old layout
+    assert net.key(f"ip/{held}") is not None and not net.blocks()
+    cfg = tmp_path / "net.conf"
+    cfg.write_text(json.dumps(net.netconf))
+    stop = tmp_path / "stop"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        jobs = pool.map_async(_churn, [(etcd.endpoint, prefix, f"node-{n}", w, str(stop)) for n in "ab" for w in range(2)])
+        while net.key("ip/198.51.100.70") is None and not jobs.ready():  # the workers are allocating
+            pass
+        from ipam.cli import main as cli
+        assert cli(["migrate", str(cfg)]) == 0
+        n_after = len(net.blocks())
+        # the workers go on in blocks: let them make a few more pairs, then stop
+        while not jobs.ready() and sum(len(ips) for _n, ips in net.blocks().values()) < 70 + n_after:
+            pass
+        stop.write_text("")
+        logs = jobs.get(timeout=300)
+    assert net.key("layout") == b"blocks"
+    records = {r.ip: r for r in net.store().read("blk")}
+    assert not any(net.key(f"ip/{ip}") for ip in records)  # the old keys are gone
+    live: dict[str, str] = {}
+    for log in logs:
+        for ev, cid, ip in log:
+            if ev == "add":
+                live[cid] = ip
+            else:
+                live.pop(cid)
+    for i in range(60):
+        live[f"old-{i}"] = None
+    # one IP one live holder, and the store holds each live container's IP
+    ips = [ip for ip in live.values() if ip]
+    assert len(ips) == len(set(ips))
+    active = {r.container_id: r.ip for r in records.values() if r.state == ACTIVE}
+    assert set(active) == set(live)
+    assert all(active[c] == ip for c, ip in live.items() if ip)
+    # sticky across the migration: db-0 gets its old IP back, from its handle
+    assert json.loads(net.key("handle/pod:ns/db-0"))["ips"] == {held: 2}
+    assert net.add("node-b", "sticky-new", pod="db-0") == held
+    assert len(logs) == 4 and all(any(ev == "add" for ev, *_ in log) for log in logs)
