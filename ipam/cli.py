@@ -73,9 +73,25 @@ def _list(conf, as_json: bool) -> None:
     for p in snap.pools:
         extra = f", {p.corrupt} corrupt" if p.corrupt else ""
         print(f"pool {p.cidr}: {p.active} active, {p.held} held{extra} of {p.size} addresses")
+    if conf.etcd_endpoints:
+        _list_blocks(conf)
     for r in snap.corrupt:
         print(f"corrupt record {r.ip!r} in {snap.where}: {r.detail}; it is in use for everyone until "
               f"`moor-ipam release CONFIG {r.ip} --force`", file=sys.stderr)
+
+
+def _list_blocks(conf) -> None:
+    """The etcd blocks: which node each is affine to, and how full."""
+    store = open_store(conf, readonly=True)
+    if store.layout(conf.network)[0] != "blocks":
+        print(f"network {conf.network} is in the first etcd layout (one key an IP): `moor-ipam migrate` converts it")
+        return
+    print()
+    print(f"{'BLOCK':<28} {'NODE':<20} {'ACTIVE':>6} {'OTHER':>6}")
+    for b in sorted(store.blocks(conf.network), key=lambda b: b.cidr):
+        active = sum(r.state == "active" for r in b.records.values())
+        node = b.node or "-" if not b.corrupt else f"corrupt: {b.corrupt[:40]}"
+        print(f"{b.cidr:<28} {node:<20} {active:>6} {len(b.records) - active:>6}")
 
 
 def _release(conf, store, key: str, force: bool, seq: int | None) -> None:

@@ -120,6 +120,20 @@ def test_borrowing_when_no_block_is_free_and_strict_affinity_refuses(etcd, reque
     assert r.state != ACTIVE
 
 
+def test_list_shows_blocks_and_their_nodes(etcd, request, tmp_path, capsys):
+    from ipam.cli import main as cli
+    net = Net(etcd.endpoint, f"/{request.node.name}")
+    net.add("node-a", "a0")
+    net.add("node-b", "b0")
+    net.add("node-b", "b1")
+    cfg = tmp_path / "net.conf"
+    cfg.write_text(json.dumps(net.netconf))
+    assert cli(["list", str(cfg)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("192.0.2.") and "/" in line.split()[0]}
+    assert sorted(rows.values()) == [["node-a", "1", "0"], ["node-b", "2", "0"]]
+
+
 def test_sticky_pod_recreated_on_another_node_keeps_its_ip_and_its_handle(etcd, request, tmp_path):
     net = Net(etcd.endpoint, f"/{request.node.name}")
     ip = net.add("node-a", "c-old", pod="db-0")
