@@ -142,8 +142,14 @@ class EtcdStore:
         """The network's layout and the revision of its marker (None: no marker yet, and then the
         layout is "ip" when the network already has first-layout keys, else "blocks")."""
         base = self._base(network)
-        marker, legacy = self._get([base + "layout", (base + "ip/", {"keys_only": True, "limit": 1})])
-        return _layout(marker, legacy)
+        (marker,) = self._get([base + "layout"])
+        return _layout(marker, self._legacy_probe(network) if not marker else [])
+
+    def _legacy_probe(self, network: str) -> list:
+        """Whether the network has keys of the first layout. Only asked when it has no marker:
+        after a migration the old range holds deleted keys, which etcd walks until compaction."""
+        (rows,) = self._get([(self._base(network) + "ip/", {"keys_only": True, "limit": 1})])
+        return rows
 
     # -- reads ------------------------------------------------------------------------------------
     def read(self, network: str) -> list[Reservation]:
@@ -243,9 +249,8 @@ class _Tx:
         self.network = network
         self.base = store._base(network)
         self.node = store.node
-        marker, legacy, node = store._get([self.base + "layout", (self.base + "ip/", {"keys_only": True, "limit": 1}),
-                                           self.key_node()])
-        self.layout, self.marker_rev = _layout(marker, legacy)
+        marker, node = store._get([self.base + "layout", self.key_node()])
+        self.layout, self.marker_rev = _layout(marker, store._legacy_probe(network) if not marker else [])
         self.node_rev: Optional[str] = node[0][2] if node else None
         self.node_blocks: list[str] = []
         if node:
