@@ -6,6 +6,8 @@
                                           is free; an IP in use, or a corrupt record, needs --force
     moor-ipam reconcile CONFIG            two-pass release of this node's attachments whose netns
                                           is gone (a crashed runtime never sent DEL)
+    moor-ipam migrate CONFIG              convert an etcd network from one key an IP to blocks, in
+                                          place, while nodes allocate (they wait for it)
 
 CONFIG is the network config file (a .conf, or a .conflist whose first moor-ipam plugin is used).
 Bad input or an unreadable store is a one-line message and exit 2, never a traceback.
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p_rel.add_argument("--seq", type=int, help="only if its sequence number is still this (from list)")
     p_rec = sub.add_parser("reconcile", help="release attachments whose netns is gone (two passes)")
     p_rec.add_argument("config")
+    p_mig = sub.add_parser("migrate", help="convert an etcd network to the blocks layout")
+    p_mig.add_argument("config")
     return ap
 
 
@@ -69,9 +73,25 @@ def _list(conf, as_json: bool) -> None:
     for p in snap.pools:
         extra = f", {p.corrupt} corrupt" if p.corrupt else ""
         print(f"pool {p.cidr}: {p.active} active, {p.held} held{extra} of {p.size} addresses")
+    if conf.etcd_endpoints:
+        _list_blocks(conf)
     for r in snap.corrupt:
         print(f"corrupt record {r.ip!r} in {snap.where}: {r.detail}; it is in use for everyone until "
               f"`moor-ipam release CONFIG {r.ip} --force`", file=sys.stderr)
+
+
+def _list_blocks(conf) -> None:
+    """The etcd blocks: which node each is affine to, and how full."""
+    store = open_store(conf, readonly=True)
+    if store.layout(conf.network)[0] != "blocks":
+        print(f"network {conf.network} is in the first etcd layout (one key an IP): `moor-ipam migrate` converts it")
+        return
+    print()
+    print(f"{'BLOCK':<28} {'NODE':<20} {'ACTIVE':>6} {'OTHER':>6}")
+    for b in sorted(store.blocks(conf.network), key=lambda b: b.cidr):
+        active = sum(r.state == "active" for r in b.records.values())
+        node = b.node or "-" if not b.corrupt else f"corrupt: {b.corrupt[:40]}"
+        print(f"{b.cidr:<28} {node:<20} {active:>6} {len(b.records) - active:>6}")
 
 
 def _release(conf, store, key: str, force: bool, seq: int | None) -> None:
@@ -101,8 +121,20 @@ def main(argv: list[str]) -> int:
                 ipaddress.ip_address(a.ip)
             except ValueError:
                 raise Failed(f"{a.ip!r} is not an IP address") from None
+        if a.cmd == "migrate" and not conf.etcd_endpoints:
+            raise Failed(f"{a.config}: network {conf.network} has no etcd store: there is nothing to migrate")
         store = open_store(conf)
         try:
+            if a.cmd == "migrate":
+                from .store.migrate import migrate
+                got = migrate(store, conf)
+                if got.get("already"):
+                    print(f"network {conf.network} is already in blocks")
+                else:
+                    print(f"network {conf.network}: {got['records']} records in {got['blocks']} blocks, "
+                          f"{got['handles']} handles, {got['nodes']} node indexes"
+                          + (f"; {got['skipped']} keys in no pool left out" if got.get("skipped") else ""))
+                return 0
             if a.cmd == "release":
                 _release(conf, store, a.ip, a.force, a.seq)
                 return 0

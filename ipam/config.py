@@ -16,6 +16,11 @@ DEFAULT_HOLD_S = 300
 DEFAULT_COOLDOWN_S = 30
 DEFAULT_DATA_DIR = "/var/lib/moor/ipam"
 DEFAULT_GC_GRACE_S = 60
+DEFAULT_BLOCK_IDLE_S = 600
+# /26 as Calico: 64 addresses a block; a block is one etcd value, so it stays well under etcd's
+# 1.5 MB request limit (1,024 records of ~400 bytes at most)
+DEFAULT_BLOCK = {4: 26, 6: 122}
+MAX_BLOCK_BITS = 10
 
 
 def _err(msg: str) -> CNIError:
@@ -58,6 +63,7 @@ class Pool:
     routes: list[Route] = field(default_factory=list)
     release: str = "hold"
     hold_s: float = DEFAULT_HOLD_S
+    block_prefix: int = 0  # the prefix length of the pool's blocks in the etcd layout (blockSize)
 
     @property
     def version(self) -> int:
@@ -91,6 +97,8 @@ class IPAMConf:
     dns: dict = field(default_factory=dict)
     gc_grace_s: float = DEFAULT_GC_GRACE_S
     node_name: str = ""
+    strict_affinity: bool = False  # etcd blocks: never borrow from another node's block
+    block_idle_s: float = DEFAULT_BLOCK_IDLE_S  # an empty block goes back to the pool after this
 
     def pool_of(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Optional[Pool]:
         return next((p for p in self.pools if ip in p.cidr), None)
@@ -165,8 +173,12 @@ def _pool(doc: Any, i: int, release: str, hold_s: float) -> Pool:
     if rel not in RELEASE:
         raise _err(f"'{where}.release' {rel!r} is not one of {', '.join(RELEASE)}")
     hold = _nonneg(doc, "holdSeconds", hold_s, where)
+    block = _get(doc, "blockSize", int, max(cidr.prefixlen, DEFAULT_BLOCK[cidr.version]), where)
+    if not cidr.prefixlen <= block <= cidr.max_prefixlen or cidr.max_prefixlen - block > MAX_BLOCK_BITS:
+        lo = max(cidr.prefixlen, cidr.max_prefixlen - MAX_BLOCK_BITS)
+        raise _err(f"'{where}.blockSize' {block} must be a prefix length from {lo} to {cidr.max_prefixlen}")
     return Pool(cidr=cidr, start=start, end=end, gateway=gw, exclude=exclude, routes=routes, release=rel,
-                hold_s=float(hold))
+                hold_s=float(hold), block_prefix=block)
 
 
 def parse(netconf: dict) -> IPAMConf:
@@ -194,6 +206,8 @@ def parse(netconf: dict) -> IPAMConf:
                     cooldown_s=_nonneg(doc, "cooldownSeconds", DEFAULT_COOLDOWN_S),
                     gc_grace_s=_nonneg(doc, "gcGraceSeconds", DEFAULT_GC_GRACE_S),
                     node_name=_get(doc, "nodeName", str, ""),
+                    strict_affinity=_get(doc, "strictAffinity", bool, False),
+                    block_idle_s=_nonneg(doc, "blockIdleSeconds", DEFAULT_BLOCK_IDLE_S),
                     data_dir=_get(doc, "dataDir", str, DEFAULT_DATA_DIR),
                     dns=_get(doc, "dns", dict, {}))
     if not conf.data_dir.startswith("/"):

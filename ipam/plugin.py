@@ -22,7 +22,7 @@ from . import hook, lock, policy
 from .collect import gc, node_name, sandbox_gone
 from .config import IPAMConf, parse
 from .identity import identify
-from .reservation import ACTIVE, Reservation
+from .reservation import Reservation
 from .store import open_store
 
 TYPE_CHECKING = False
@@ -89,8 +89,7 @@ def _del(environ: Mapping[str, str], env, conf: IPAMConf, store) -> None:
 
 
 def _check(env, conf: IPAMConf, store) -> None:
-    mine = [r for r in store.read(conf.network) if r.state == ACTIVE
-            and r.container_id == env.container_id and r.ifname == env.ifname]
+    mine = store.transact(conf.network, lambda v: v.of_container(env.container_id, env.ifname))
     if not mine:
         raise CNIError(CHECK_FAILED, f"no active reservation for container {env.container_id} {env.ifname}")
 
@@ -116,7 +115,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
         conf = parse(netconf)
         valid = netconfig.gc_attachments(netconf) if env.command == "GC" else None  # before any change
         try:
-            store = open_store(conf)
+            store = open_store(conf, node=node_name(environ, conf))
         except CNIError as e:
             if env.command == "STATUS":
                 raise CNIError(NOT_AVAILABLE, f"IPAM store unavailable: {e.msg}", e.details) from e

@@ -51,6 +51,22 @@ class View:
                 out[ip] = r
         return list(out.values())
 
+    # the lookups the policy makes: a store with indexes (blocks, handles) overrides them to read
+    # only what they need instead of every reservation of the network
+
+    def of_container(self, container_id: str, ifname: str) -> list[Reservation]:
+        """This attachment's active reservations."""
+        return [r for r in self.values() if r.state == ACTIVE and r.container_id == container_id
+                and r.ifname == ifname]
+
+    def of_identity(self, key: str) -> list[Reservation]:
+        """The reservations under a sticky key."""
+        return [r for r in self.values() if r.identity == key]
+
+    def candidates(self, pool: Pool) -> Iterable:
+        """The addresses to try for a fresh allocation, in order (free or not: the policy checks)."""
+        return _candidates(pool)
+
 
 def _never_gone(_r: Reservation) -> bool:
     return False
@@ -127,8 +143,7 @@ def allocate(view: View, conf: IPAMConf, req: Request) -> list[Reservation]:
     """One address per family the pools cover (dual stack), under the identity's rules."""
     out: list[Reservation] = []
     families = sorted({p.version for p in conf.pools})
-    mine = [r for r in view.values() if r.state == ACTIVE and r.container_id == req.container_id
-            and r.ifname == req.ifname]
+    mine = view.of_container(req.container_id, req.ifname)
     for fam in families:
         same = [r for r in mine if ipaddress.ip_address(r.ip).version == fam]
         if same:  # idempotent ADD: the same container asks again
@@ -164,7 +179,7 @@ def _sticky(view: View, conf: IPAMConf, req: Request, fam: int) -> Optional[Rese
     key = req.ident.key
     if not key:
         return None
-    cands = [r for r in view.values() if r.identity == key and ipaddress.ip_address(r.ip).version == fam]
+    cands = [r for r in view.of_identity(key) if ipaddress.ip_address(r.ip).version == fam]
     attached = [r for r in cands if r.state == ACTIVE and _same_pod_slot(r, req)]
     active = [r for r in attached if _pod_takeover(r, req)]
     if attached and not active:
@@ -180,7 +195,7 @@ def _sticky(view: View, conf: IPAMConf, req: Request, fam: int) -> Optional[Rese
 
 def _fresh(view: View, conf: IPAMConf, req: Request, fam: int) -> Reservation:
     for pool in (p for p in conf.pools if p.version == fam):
-        for ip in _candidates(pool):
+        for ip in view.candidates(pool):
             if not pool.usable(ip):
                 continue
             old = view.get(str(ip))
@@ -205,11 +220,7 @@ def _candidates(pool: Pool) -> Iterable:
 def release(view: View, conf: IPAMConf, container_id: str, ifname: str, now: float) -> list[Reservation]:
     """DEL: release what this container holds, by its pool's policy. A reservation that another
     container has taken over since (same name, new pod) is not this container's to release."""
-    out = []
-    for r in view.values():
-        if r.state == ACTIVE and r.container_id == container_id and r.ifname == ifname:
-            out.append(_release_one(view, conf, r, now))
-    return out
+    return [_release_one(view, conf, r, now) for r in view.of_container(container_id, ifname)]
 
 
 def _release_one(view: View, conf: IPAMConf, r: Reservation, now: float) -> Reservation:
@@ -231,9 +242,7 @@ def undo(view: View, container_id: str, ifname: str, only: Optional[dict[str, in
     refused): every IP the container holds goes back exactly as it was before (state, holder,
     seq), or is removed if nobody had it. `only`: ip -> seq, just those reservations as taken."""
     out = []
-    for r in view.values():
-        if r.state != ACTIVE or r.container_id != container_id or r.ifname != ifname:
-            continue
+    for r in view.of_container(container_id, ifname):
         if only is not None and only.get(r.ip) != r.seq:
             continue
         if r.prev is not None:

@@ -82,19 +82,27 @@ class Reservation:
         """A stored record under `key` (its IP); one that does not parse, names another IP or sits
         under a non-canonical spelling of one comes back quarantined as CORRUPT, keyed by the
         canonical IP (so that IP is never handed out), instead of failing the caller."""
+        return cls.decode_doc(key, data, json.loads)
+
+    @classmethod
+    def decode_doc(cls, key: str, data: object, parse=lambda d: d) -> "Reservation":
+        """decode() of a record already parsed from JSON (a record inside an etcd block)."""
         try:
             canon = str(ipaddress.ip_address(key))
         except ValueError:
             canon = key  # not an address at all: it can shadow none, but it is reported
         try:
-            r = cls.from_dict(json.loads(data))
+            r = cls.from_dict(parse(data))
             if key != canon:
                 raise ValueError(f"stored under the non-canonical key {key!r}")
             if r.ip != key:
                 raise ValueError(f"it names {r.ip}")
             return r
         except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as e:
-            text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+            if isinstance(data, bytes):
+                text = data.decode(errors="replace")
+            else:
+                text = data if isinstance(data, str) else json.dumps(data)
             return cls(ip=canon, pool="", state=CORRUPT, detail=f"{e}; stored: {text[:120]!r}")
 
     def holder(self) -> str:

@@ -69,3 +69,75 @@ def start(data_dir: Path, netns: str = "") -> Etcd:
         time.sleep(0.1)
     e.stop()
     raise RuntimeError("etcd did not become healthy in 30 s")
+
+
+@dataclass
+class Cluster:
+    """A private etcd cluster on loopback: each member its own data dir, ports and process."""
+    members: list[Etcd]
+    args: list[list[str]]  # each member's command line, to restart it on its data dir
+    logs: list[Path]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def stop_member(self, i: int) -> None:
+        """SIGKILL member i (a crash, not a shutdown)."""
+        p = self.members[i].proc
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def start_member(self, i: int) -> None:
+        """Member i again on its data dir: it rejoins and catches up."""
+        with open(self.logs[i], "ab") as log:
+            proc = subprocess.Popen(self.args[i], stdout=log, stderr=subprocess.STDOUT)
+        self.members[i] = Etcd(proc, self.members[i].endpoint)
+        _wait_healthy(self.members[i], self.logs[i])
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+
+def _wait_healthy(e: Etcd, log: Path, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if e.proc.poll() is not None:
+            raise RuntimeError(f"etcd exited with {e.proc.returncode}; see {log}")
+        if e.healthy():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"etcd did not become healthy in {timeout:g} s; see {log}")
+
+
+def start_cluster(base: Path, n: int = 3) -> Cluster:
+    """n members on loopback (ports picked free), each with a data dir under `base`."""
+    exe = shutil.which("etcd")
+    if exe is None:
+        raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
+    base.mkdir(parents=True, exist_ok=True)
+    ports = [(free_port(), free_port()) for _ in range(n)]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_c, p) in enumerate(ports))
+    cluster = Cluster([], [], [])
+    try:
+        for i, (c, p) in enumerate(ports):
+            url_c, url_p = f"http://127.0.0.1:{c}", f"http://127.0.0.1:{p}"
+            args = [exe, "--name", f"m{i}", "--data-dir", str(base / f"m{i}"),
+                    "--listen-client-urls", url_c, "--advertise-client-urls", url_c,
+                    "--listen-peer-urls", url_p, "--initial-advertise-peer-urls", url_p,
+                    "--initial-cluster", initial, "--initial-cluster-token", f"moor-test-{ports[0][0]}",
+                    "--initial-cluster-state", "new"]
+            log = base / f"m{i}.log"
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
+            cluster.members.append(Etcd(proc, url_c))
+            cluster.args.append(args)
+            cluster.logs.append(log)
+        for m, log in zip(cluster.members, cluster.logs):  # a member is healthy once there is a quorum
+            _wait_healthy(m, log)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

@@ -42,11 +42,15 @@ def decode_rows(network: str, rows: Iterable[tuple[str, str | bytes]], quiet: bo
     return records, stray
 
 
-def open_store(conf, readonly: bool = False) -> "Store":
+def open_store(conf, readonly: bool = False, node: str = "") -> "Store":
     """The network's store; `readonly` (netdiag, the agent, `moor-ipam list`): never creates or
-    writes the embedded database."""
+    writes the embedded database. `node`: this node's name (the etcd blocks it allocates from)."""
     if conf.etcd_endpoints:
         from .etcd import EtcdStore
-        return EtcdStore(conf.etcd_endpoints, conf.etcd_prefix, conf.etcd_timeout_s)
+        if not node:
+            import os
+            from ..collect import node_name
+            node = node_name(os.environ, conf)
+        return EtcdStore(conf.etcd_endpoints, conf.etcd_prefix, conf.etcd_timeout_s, conf=conf, node=node)
     from .sqlite import SQLiteStore
     return SQLiteStore(conf.data_dir, readonly=readonly)

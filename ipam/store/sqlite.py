@@ -4,6 +4,7 @@ write lock and a crash (even SIGKILL mid-write) leaves the last committed state.
 from __future__ import annotations
 
 from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+import ipaddress
 import os
 import _sqlite3 as sqlite3  # the C module: sqlite3.dbapi2 imports datetime for adapters we never use (~1 ms)
 import time
@@ -12,11 +13,13 @@ from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
 from . import decode_rows
 from ..policy import View
-from ..reservation import Reservation
+from ..reservation import ACTIVE, CORRUPT, COOLING, HELD, Reservation, merge
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, TypeVar
+    from typing import Callable, Iterable, Optional, TypeVar
+
+    from ..config import Pool
 
     T = TypeVar("T")
 
@@ -28,6 +31,33 @@ CREATE TABLE IF NOT EXISTS reservations (
     PRIMARY KEY (network, ip)
 )
 """
+# indexed copies of the record's fields, so a transaction reads the rows it needs (by IP, by
+# identity, by attachment, a pool's range in order) instead of decoding the table. A row without
+# them (written by an older moor-ipam, or by hand) has ipkey NULL: it is decoded on every
+# transaction, as before, so it still shadows its IP.
+COLUMNS = {"ipkey": "TEXT", "state": "TEXT NOT NULL DEFAULT ''", "identity": "TEXT NOT NULL DEFAULT ''",
+           "container_id": "TEXT NOT NULL DEFAULT ''", "ifname": "TEXT NOT NULL DEFAULT ''",
+           "node": "TEXT NOT NULL DEFAULT ''", "hold_until": "REAL", "cool_until": "REAL NOT NULL DEFAULT 0"}
+INDEXES = """
+CREATE INDEX IF NOT EXISTS rsv_ipkey ON reservations (network, ipkey);
+CREATE INDEX IF NOT EXISTS rsv_identity ON reservations (network, identity);
+CREATE INDEX IF NOT EXISTS rsv_attachment ON reservations (network, container_id, ifname)
+"""
+
+
+def ipkey(ip: str) -> str:
+    """An address as text that sorts as the address (IPv4 before IPv6)."""
+    a = ipaddress.ip_address(ip)
+    return f"{a.version}:{int(a):032x}"
+
+
+def _row(network: str, res: Reservation) -> tuple:
+    return (network, res.ip, json.dumps(res.to_dict()), ipkey(res.ip), res.state, res.identity, res.container_id,
+            res.ifname, res.node, res.hold_until, res.cool_until)
+
+
+INSERT = ("INSERT INTO reservations (network, ip, data, ipkey, state, identity, container_id, ifname, node, "
+          "hold_until, cool_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 BUSY_TIMEOUT_S = 30.0
 FILENAME = "ipam.sqlite3"
 
@@ -54,6 +84,7 @@ class SQLiteStore:
                     self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute(SCHEMA)
+                self._upgrade()
                 return
             except sqlite3.OperationalError as e:
                 if self.db is not None:
@@ -68,6 +99,32 @@ class SQLiteStore:
                     self.db.close()
                     self.db = None
                 raise CNIError(IO_FAILURE, f"cannot open IPAM database {self.path}: {e}") from e
+
+    def _upgrade(self) -> None:
+        """Add the indexed columns to a database of an older moor-ipam and fill them, once, under
+        the write lock (processes opening it together: the first does it, the others see it done)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(reservations)")}
+        if set(COLUMNS) <= have:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(reservations)")}
+            for col, decl in COLUMNS.items():
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE reservations ADD COLUMN {col} {decl}")
+            for stmt in INDEXES.split(";"):
+                self.db.execute(stmt)
+            rows = self.db.execute("SELECT network, ip, data FROM reservations WHERE ipkey IS NULL").fetchall()
+            for net, ip, data in rows:
+                r = Reservation.decode(ip, data)
+                if r.state != CORRUPT and r.ip == ip:  # a bad row stays unindexed: decoded every time
+                    self.db.execute("UPDATE reservations SET ipkey = ?, state = ?, identity = ?, container_id = ?, "
+                                    "ifname = ?, node = ?, hold_until = ?, cool_until = ? WHERE network = ? AND ip = ?",
+                                    _row(net, r)[3:] + (net, ip))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def _open_readonly(self) -> None:
         """Readers (netdiag, the agent, `list`) never create the database nor take its write lock:
@@ -117,16 +174,13 @@ class SQLiteStore:
         except sqlite3.OperationalError as e:  # still locked after the busy timeout
             raise CNIError(TRY_AGAIN_LATER, f"IPAM database {self.path} is busy: {e}") from e
         try:
-            rows = self.db.execute("SELECT ip, data FROM reservations WHERE network = ?", (network,)).fetchall()
-            records, stray = decode_rows(network, rows)
-            view = View(records)
+            view = SQLiteView(self.db, network)
             result = fn(view)
             for ip, res in view.changes.items():
-                for key in [ip] + stray.get(ip, []):
+                for key in [ip] + view.stray.get(ip, []):
                     self.db.execute("DELETE FROM reservations WHERE network = ? AND ip = ?", (network, key))
                 if res is not None:
-                    self.db.execute("INSERT INTO reservations (network, ip, data) VALUES (?, ?, ?)",
-                                    (network, ip, json.dumps(res.to_dict())))
+                    self.db.execute(INSERT, _row(network, res))
             self.db.execute("COMMIT")
             return result
         except BaseException as e:
@@ -137,3 +191,68 @@ class SQLiteStore:
             if isinstance(e, sqlite3.Error):
                 raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
             raise
+
+
+class SQLiteView(View):
+    """The policy's view inside one IMMEDIATE transaction: rows read by index as the policy asks
+    (by IP, identity, attachment; a pool's taken addresses from the narrow columns), each decoded
+    once; the whole network only when the policy walks all of it (GC)."""
+
+    def __init__(self, db, network: str):
+        # rows without index columns (older writer, hand edits, corrupt rows) are read every time
+        rows = db.execute("SELECT ip, data FROM reservations WHERE network = ? AND ipkey IS NULL",
+                          (network,)).fetchall()
+        records, self.stray = decode_rows(network, rows)
+        super().__init__(records)
+        self.db, self.network = db, network
+        self.loaded: set[str] = set(records)  # IPs whose row (or its absence) is known
+        self.full = False
+
+    def _absorb(self, rows: list) -> None:
+        for ip, data in rows:
+            if ip not in self.loaded:
+                self.loaded.add(ip)
+                merge(self.records, Reservation.decode(ip, data))
+
+    def get(self, ip: str) -> Optional[Reservation]:
+        if ip not in self.changes and ip not in self.loaded and not self.full:
+            self._absorb(self.db.execute("SELECT ip, data FROM reservations WHERE network = ? AND ip = ?",
+                                         (self.network, ip)).fetchall())
+            self.loaded.add(ip)
+        return super().get(ip)
+
+    def values(self) -> list[Reservation]:
+        if not self.full:
+            self._absorb(self.db.execute("SELECT ip, data FROM reservations WHERE network = ?", (self.network,)).fetchall())
+            self.full = True
+        return super().values()
+
+    def of_container(self, container_id: str, ifname: str) -> list[Reservation]:
+        self._absorb(self.db.execute("SELECT ip, data FROM reservations WHERE network = ? AND container_id = ? "
+                                     "AND ifname = ?", (self.network, container_id, ifname)).fetchall())
+        return [r for r in self._known() if r.state == ACTIVE and r.container_id == container_id and r.ifname == ifname]
+
+    def of_identity(self, key: str) -> list[Reservation]:
+        self._absorb(self.db.execute("SELECT ip, data FROM reservations WHERE network = ? AND identity = ?",
+                                     (self.network, key)).fetchall())
+        return [r for r in self._known() if r.identity == key]
+
+    def _known(self) -> list[Reservation]:
+        """What was read so far, with the changes (View.values without reading everything)."""
+        return View.values(self)
+
+    def candidates(self, pool: Pool) -> Iterable:
+        """The pool's addresses in order, skipping those the narrow columns show are taken
+        (active, or held or cooling and not yet expired); the policy still reads and checks each."""
+        import time
+        now = time.time()
+        lo, hi = ipkey(str(pool.start)), ipkey(str(pool.end))
+        taken = set()
+        for ip, state, hold_until, cool_until in self.db.execute(
+                "SELECT ip, state, hold_until, cool_until FROM reservations WHERE network = ? AND ipkey BETWEEN ? AND ?",
+                (self.network, lo, hi)):
+            free = ((state == HELD and hold_until is not None and now >= hold_until)
+                    or (state == COOLING and now >= cool_until))
+            if not free:
+                taken.add(ip)
+        return (ip for ip in super().candidates(pool) if str(ip) not in taken)

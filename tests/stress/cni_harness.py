@@ -26,7 +26,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import base64
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, Optional
 
 from dataplane.nslab import Lab, sh
 from tests.helpers import ipj
+
+ETCD_ROWS = str(Path(__file__).with_name("etcd_rows.py"))  # the store as etcd holds it, either layout
 
 NAMES = [f"p{i}" for i in range(8)]
 POOL = ("192.0.2.0/24", "192.0.2.10", "192.0.2.40")  # 31 addresses for 8 pod names and their churn
@@ -256,13 +257,7 @@ class Harness:
         ip = f"192.0.2.{self.rnd.randint(10, 40)}"
         bad = '{"ip": "%s", "state": "active", "seq": "x"' % ip
         if self.etcd:
-            key = base64.b64encode(f"{self.prefix}/stress/ip/{ip}".encode()).decode()
-            # only where no record is: a live pod's record spoiled is not what this simulates
-            body = json.dumps({"compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                               "success": [{"requestPut": {"key": key, "value": base64.b64encode(bad.encode()).decode()}}]})
-            code = (f"import urllib.request; urllib.request.urlopen(urllib.request.Request("
-                    f"{self.etcd + '/v3/kv/txn'!r}, data={body!r}.encode()), timeout=5)")
-            sh("ip", "netns", "exec", self.node, "python3", "-c", code)
+            sh("ip", "netns", "exec", self.node, "python3", ETCD_ROWS, "corrupt", self.etcd, self.prefix, "stress", ip)
         else:
             if not (self.tmp / "ipam" / "ipam.sqlite3").exists():
                 return  # no pod yet: no database to spoil
@@ -278,14 +273,9 @@ class Harness:
     def records(self) -> dict:
         """ip -> reservation dict (or {"corrupt": raw}) as stored."""
         if self.etcd:
-            prefix = f"{self.prefix}/stress/ip/"
-            body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
-                               "range_end": base64.b64encode(prefix[:-1].encode() + b"0").decode()})
-            code = (f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(urllib.request.Request("
-                    f"{self.etcd + '/v3/kv/range'!r}, data={body!r}.encode()), timeout=5).read().decode())")
-            got = json.loads(sh("ip", "netns", "exec", self.node, "python3", "-c", code).stdout)
-            rows = [(base64.b64decode(kv["key"]).decode()[len(prefix):], base64.b64decode(kv["value"]).decode())
-                    for kv in got.get("kvs") or []]
+            got = json.loads(sh("ip", "netns", "exec", self.node, "python3", ETCD_ROWS, "read", self.etcd, self.prefix,
+                                "stress").stdout)
+            rows = list(got.items())
         else:
             path = self.tmp / "ipam" / "ipam.sqlite3"
             if not path.exists():
