@@ -291,6 +291,12 @@ def test_annotations_and_explicit_ips():
     ({"pools": [{"cidr": "192.0.2.0/24"}], "sticky": "always"}, "sticky"),
     ({"pools": [{"cidr": "192.0.2.0/24", "release": "later"}]}, "release"),
     ({"pools": [{"cidr": "192.0.2.0/24"}], "etcd": {"endpoints": ["localhost:2379"]}}, "http"),
+    ({"pools": [{"cidr": "192.0.2.0/24", "blockSize": 20}]}, "'ipam.pools[0].blockSize' 20"),
+    ({"pools": [{"cidr": "192.0.2.0/24", "blockSize": 33}]}, "blockSize"),
+    ({"pools": [{"cidr": "10.0.0.0/8", "blockSize": 16}]}, "from 22 to 32"),  # one block value stays small
+    ({"pools": [{"cidr": "192.0.2.0/24", "blockSize": "26"}]}, "blockSize"),
+    ({"pools": [{"cidr": "192.0.2.0/24"}], "strictAffinity": "yes"}, "strictAffinity"),
+    ({"pools": [{"cidr": "192.0.2.0/24"}], "blockIdleSeconds": -1}, "blockIdleSeconds"),
 ])
 def test_config_errors_name_the_field(ipam, text):
     with pytest.raises(CNIError) as e:
@@ -334,3 +340,10 @@ def test_invariants_hold_under_any_sequence(ops, release, sticky):
         assert set(owners) == set(live)  # every live container has its IP, no one else does
         for r in n.records.values():
             assert n.conf.pools[0].usable(ipaddress.ip_address(r.ip))
+
+
+def test_block_size_defaults_and_bounds():
+    conf = config.parse({"name": "n", "ipam": {"pools": [{"cidr": "192.0.2.0/24"}, {"cidr": "2001:db8::/64"},
+                                                         {"cidr": "198.51.100.0/28"}]}})
+    assert [p.block_prefix for p in conf.pools] == [26, 122, 28]  # a pool smaller than a block is one block
+    assert not conf.strict_affinity and conf.block_idle_s == 600
