@@ -471,6 +471,7 @@ async def _load_host_routing(view: AgentView, hr: HostRouting) -> None:
     try:
         await asyncio.to_thread(hr.start)
         hr.attach_all()
+        hr.follow_route_mtus(asyncio.get_running_loop())
     except Exception as e:  # HostRoutingUnavailable, netlink, or bcc failing in its own ways
         hr.close(detach=True)
         view.components["hostRouting"] = Component("hostRouting", False, str(e))

@@ -328,23 +328,65 @@ def too_big(node: Node, ns: str, dst: str) -> bool:
     return got == ["EMSGSIZE", "1280", NODE6 if ":" in dst else NODE4] or pytest.fail(f"{dst}: {got}")
 
 
+def df_probe(node: Node, ns: str, dst: str) -> list[str]:
+    return node.lab.run(ns, sys.executable, "-c", DF_PROBE, dst).stdout.decode().split()
+
+
 def test_a_route_mtu_metric_is_honoured_as_by_the_stack(node: Node):
     """The stack's forwarding honours a route's MTU metric (`ip route ... mtu 1280`), locked or not;
-    bpf_fib_lookup honours it only when locked (ip_mtu_from_fib_result, ip6_mtu_from_fib6; IPv4 also
-    with net.ipv4.ip_forward_use_pmtu), so the fast path forwards what the stack would refuse. Known
-    gap, kept visible: this test xfails naming the families where it is still there."""
+    bpf_fib_lookup honours it only when locked (ip_mtu_from_fib_result, ip6_mtu_from_fib6), so the
+    program bounds the length by the route MTU trie moord fills (dataplane/routemtu.py) and leaves
+    a longer packet to the stack."""
     a = node.add_pod("pa")
     assert too_big(node, a[0], METRIC4) and too_big(node, a[0], METRIC6)  # the stack alone
-    with host_routing(node, [a]):
+    with host_routing(node, [a]) as hr:
         for dst in (METRIC4, METRIC6):  # the next hop resolved: the big one meets the fast path
             assert node.lab.ping(a[0], dst)
-        got = {dst: node.lab.run(a[0], sys.executable, "-c", DF_PROBE, dst).stdout.decode().split()
-               for dst in (METRIC4, METRIC6)}
-        assert all(g[0] in ("EMSGSIZE", "ECONNREFUSED") for g in got.values()), got
-        through = [dst for dst, g in got.items() if g[0] == "ECONNREFUSED"]
-        if through:
-            pytest.xfail(f"an unlocked route MTU metric is not honoured by bpf_fib_lookup: {', '.join(through)} "
-                         "got a 1428-byte DF datagram the stack refuses")
+        before = hr.counters()
+        assert too_big(node, a[0], METRIC4) and too_big(node, a[0], METRIC6)
+        d = delta(hr, before)
+        assert d["pass_mtu"] >= 2 and d["to_uplink"] == 0, d
+        # what fits the metric still takes the fast path
+        before = hr.counters()
+        assert node.lab.ping(a[0], METRIC4, count=2) and node.lab.ping(a[0], METRIC6, count=2)
+        assert delta(hr, before)["to_uplink"] >= 4
+
+
+def test_the_route_mtu_bound_follows_route_changes_after_attach(node: Node):
+    """A metric route added after attach bounds the fast path once its event is applied; replaced
+    without the metric, the bound goes and a 1428-byte DF datagram is forwarded again. The events are
+    applied by route_mtus_changed(), which moord calls when the socket is readable."""
+    a = node.add_pod("pa")
+    net4, net6 = "198.51.100.0/26", "2001:db8:2::/64"  # cover REMOTE4/6; the /32 and /128 carry no metric
+    with host_routing(node, [a]) as hr:
+        for dst in (REMOTE4, REMOTE6):
+            assert node.lab.ping(a[0], dst)
+        # the control: no metric, the datagram goes through the fast path to the remote's closed port
+        before = hr.counters()
+        assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+        assert delta(hr, before)["to_uplink"] >= 2
+        node.lab.run(node.node, "ip", "route", "add", net4, "via", "192.0.2.1", "table", "100", "mtu", "1280")
+        node.lab.run(node.node, "ip", "-6", "route", "add", net6, "via", "2001:db8:1::1", "mtu", "1280")
+        try:
+            wait_for(lambda: (hr.route_mtus_changed(), len(hr.mtu_trie) == 4)[1], what="the metric routes' events")
+            # a covering route in another table bounds it too (policy rules may pick any table):
+            # the stack itself still forwards (main's /32 has no metric), which the program leaves it
+            before = hr.counters()
+            assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+            d = delta(hr, before)
+            assert d["pass_mtu"] >= 2 and d["to_uplink"] == 0, d
+            node.lab.run(node.node, "ip", "route", "replace", f"{METRIC4}/32", "via", "192.0.2.1")
+            node.lab.run(node.node, "ip", "-6", "route", "del", net6)
+            node.lab.run(node.node, "ip", "route", "del", net4, "table", "100")
+            wait_for(lambda: (hr.route_mtus_changed(), len(hr.mtu_trie) == 1)[1], what="the routes' removal")
+            before = hr.counters()
+            assert df_probe(node, a[0], METRIC4)[0] == "ECONNREFUSED" and too_big(node, a[0], METRIC6)
+            assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+            d = delta(hr, before)
+            assert d["to_uplink"] >= 3 and d["pass_mtu"] >= 1, d
+        finally:
+            node.lab.run(node.node, "ip", "route", "del", net4, "table", "100", check=False)
+            node.lab.run(node.node, "ip", "-6", "route", "del", net6, check=False)
 
 
 def test_a_spoofed_source_is_left_to_the_stack(node: Node):
