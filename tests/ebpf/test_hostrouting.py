@@ -497,3 +497,90 @@ def test_moord_with_host_routing_off_removes_what_a_previous_moord_left(node: No
     assert any("disabled in moord's config (dataplane.hostRouting)" in l for l in host_routing_lines(tmp_path))
     assert any("removed the filters a previous moord left on 1 pod veth" in l for l in host_routing_lines(tmp_path))
     stop(agent, signal.SIGINT)
+
+
+# -- the drop probe on the redirect path -----------------------------------------------------------
+@pytest.fixture
+def drops():
+    from dataplane.probe.drops import DropProbe
+    from dataplane.probe.errors import ProbeUnavailable
+    p = DropProbe()
+    try:
+        p.start()
+    except ProbeUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_a_drop_after_redirect_peer_is_named_and_attributed_to_the_receiving_pod(node: Node, drops):
+    """A UDP flood from pod a to a socket in pod b with the smallest receive buffer: each datagram
+    goes by bpf_redirect_peer straight into b's netns, and the ones b's socket cannot hold are
+    dropped there. The probe must name SOCKET_RCVBUFF, b's netns and b's eth0 (the pod a drop is
+    blamed on is the netns's pod: view.py), not the node or a's veth, one for one with b's own
+    RcvbufErrors counter."""
+    from tests.ebpf.test_drops import GUARD, RECEIVER, inode, send, udp_snmp
+    a, b = node.add_pod("pa"), node.add_pod("pb")
+    eth0 = ipj(b[0], "link", "show", "eth0")[0]["ifindex"]
+    for v6, dst, src in ((False, b[1], a[1]), (True, b[2], a[2])):
+        port = 5310 + v6
+        rx = node.lab.spawn(b[0], [sys.executable, "-c", RECEIVER, dst, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+        try:
+            assert rx.stdout.readline(), "receiver did not start"
+            with host_routing(node, [a, b]) as hr:
+                assert node.lab.ping(a[0], dst)  # neighbours resolved: the flood meets the fast path
+                before = hr.counters()
+                send(node.lab, a[0], dst, port, 41010, 300)
+                d = delta(hr, before)
+                assert d["to_pod"] >= 300, d  # every datagram was redirected into b
+            deadline = time.monotonic() + GUARD  # the probe counts in softirq: read until caught up (bounded)
+            while True:
+                errors = udp_snmp(node.lab, b[0], "RcvbufErrors", v6)
+                flow = [s for s in drops.snapshot()[0] if s.key.dport == port and s.key.sport == 41010]
+                if (errors and sum(s.packets for s in flow) >= errors) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            rx.stdin.close()
+            rx.wait(10)
+        assert errors > 0, "the receive buffer never overflowed: nothing to observe"
+        assert {(s.key.reason, s.key.netns, s.key.ifindex, s.key.saddr, s.key.daddr) for s in flow} == \
+            {("SOCKET_RCVBUFF", inode(b[0]), eth0, src, dst)}, flow
+        assert sum(s.packets for s in flow) == errors
+
+
+def test_a_drop_on_the_uplink_after_redirect_neigh_is_the_nodes_as_without_the_fast_path(node: Node, drops):
+    """The remote end of the uplink goes down while the node's neighbour entry is still valid: the
+    fast path sends pod a's datagrams out of up0 by bpf_redirect_neigh and the veth drops them. The
+    skb is still owned by a's socket (no ip_rcv() orphaned it), so the probe saw a device in the
+    node's netns and a socket in a's and blamed a's netns, device unknown; it must say what it says
+    for the same drop through the normal stack: the node's netns, up0, the same reason."""
+    from tests.ebpf.test_drops import GUARD, inode, send
+    a = node.add_pod("pa")
+    up0 = ipj(node.node, "link", "show", "up0")[0]["ifindex"]
+
+    def flow(sport: int, n: int) -> list:
+        deadline = time.monotonic() + GUARD  # counted in softirq: read until all are there (bounded)
+        while True:
+            got = [s for s in drops.snapshot()[0] if s.key.dport == 5401 and s.key.sport == sport]
+            if sum(s.packets for s in got) >= n or time.monotonic() > deadline:
+                return got
+
+    # a permanent neighbour outlives the carrier (a learned one is flushed when the carrier goes)
+    mac = ipj(node.peer, "link", "show", "r0")[0]["address"]
+    node.lab.run(node.node, "ip", "neigh", "replace", "192.0.2.1", "lladdr", mac, "dev", "up0", "nud", "permanent")
+    node.lab.run(node.peer, "ip", "link", "set", "r0", "down")
+    wait_for(lambda: "NO-CARRIER" in ipj(node.node, "link", "show", "up0")[0]["flags"], what="up0 to lose its carrier")
+    with host_routing(node, [a], uplinks=["up0"]) as hr:
+        before = hr.counters()
+        send(node.lab, a[0], REMOTE4, 5401, 41021, 20)
+        assert delta(hr, before)["to_uplink"] >= 20
+    send(node.lab, a[0], REMOTE4, 5401, 41022, 20)  # the control: the same drop, the stack forwarding
+    fast, stack = flow(41021, 20), flow(41022, 20)
+    where = {(s.key.netns, s.key.ifindex) for s in fast + stack}
+    assert where == {(inode(node.node), up0)}, (fast, stack)
+    assert {s.key.reason for s in fast} == {s.key.reason for s in stack}, (fast, stack)
+    assert sum(s.packets for s in fast) == sum(s.packets for s in stack) == 20
