@@ -383,7 +383,7 @@ def _host_routing(dp: _Section) -> HostRoutingConfig:
         if not isinstance(name, str) or not name or len(name.encode()) > 15 or "/" in name or any(
                 c.isspace() for c in name):
             raise ConfigError(f"dataplane.uplinks[{i}] {_show(name)}: not an interface name")
-    return HostRoutingConfig(enabled=dp.get("hostRouting", bool, False), uplinks=list(uplinks))
+    return HostRoutingConfig(enabled=dp.get("hostRouting", bool, True), uplinks=list(uplinks))
 
 
 def _forwarding(node: _Section) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -54,8 +55,23 @@ class HostRoutingUnavailable(RuntimeError):
 
 @dataclass
 class HostRoutingConfig:
-    enabled: bool = False  # opt-in until the gaps in README "Host routing" are closed; moord says why when it cannot load
+    enabled: bool = True  # where the kernel and bcc can load it; moord says why in one line when they cannot
     uplinks: list[str] = field(default_factory=list)  # node uplinks whose way in to pods is redirected too
+
+
+def _check_bpf_allowed() -> None:
+    """One bpf(BPF_MAP_CREATE) for a 1-entry array: a kernel or a process that may not use eBPF
+    says why here (EPERM, ENOSYS...), where bcc's compile error would only say "failed to load"."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack("=IIII", 2, 4, 4, 1).ljust(128, b"\0")  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = libc.syscall(321 if os.uname().machine == "x86_64" else 280, 0, buf, len(attr))  # SYS_bpf; BPF_MAP_CREATE
+    if fd < 0:
+        e = ctypes.get_errno()
+        need = " (moord needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN)" if e == errno.EPERM else ""
+        raise HostRoutingUnavailable(f"the kernel refused bpf(): {os.strerror(e)}{need}")
+    os.close(fd)
 
 
 class Tc(RTNL):
@@ -129,6 +145,7 @@ class HostRouting:
 
         from .probe.errors import ProbeUnavailable
         from .probe.kheaders import compile_bpf
+        _check_bpf_allowed()
         try:
             bpf = compile_bpf([f"-DMAX_PODS={self.max_pods}", f"-DMAX_MTU_ROUTES={MAX_MTU_ROUTES}"],
                               src_file=str(BPF_SOURCE))

@@ -410,15 +410,19 @@ def test_the_packet_filter_ruleset_stays_empty(node: Node):
 
 
 # -- moord ---------------------------------------------------------------------------------------
-def start_moord(node: Node, tmp: Path, **dataplane) -> subprocess.Popen:
+def start_moord(node: Node, tmp: Path, wrap: tuple = (), metrics_port: int = 0, **dataplane) -> subprocess.Popen:
+    """moord in the node netns; no `dataplane` section unless given: host routing is on by default.
+    `wrap`: a command moord runs under (setpriv)."""
     conf = {"bgp": {"asn": 65001, "routerId": NODE4}, "api": {"socket": ""}, "cni": {"socket": ""},
-            "metrics": {"port": 0}, "probe": {"enabled": False}, "dataplane": {"hostRouting": True, **dataplane}}
+            "metrics": {"address": "127.0.0.1", "port": metrics_port}, "probe": {"enabled": False}}
+    if dataplane:
+        conf["dataplane"] = dataplane
     (tmp / "moord.json").write_text(json.dumps(conf))
     log = tmp / "moord.log"
     starts = log.read_text().count("ready: start-up done") if log.exists() else 0
     with open(log, "a") as f:
-        p = node.lab.spawn(node.node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp / "moord.json"),
-                                       "-v"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
+        p = node.lab.spawn(node.node, [*wrap, sys.executable, "-m", "dataplane.agent", "--config",
+                                       str(tmp / "moord.json"), "-v"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
     wait_for(lambda: log.read_text().count("ready: start-up done") > starts or p.poll() is not None, timeout=60,
              what="moord to start")
     assert p.poll() is None, log.read_text()[-2000:]
@@ -584,3 +588,66 @@ def test_a_drop_on_the_uplink_after_redirect_neigh_is_the_nodes_as_without_the_f
     assert where == {(inode(node.node), up0)}, (fast, stack)
     assert {s.key.reason for s in fast} == {s.key.reason for s in stack}, (fast, stack)
     assert sum(s.packets for s in fast) == sum(s.packets for s in stack) == 20
+
+
+READYZ = """
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=5)
+    print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def test_moord_that_cannot_load_host_routing_says_why_once_and_pods_use_the_stack(node: Node, tmp_path: Path):
+    """On by default; where the program cannot load (here: moord without CAP_BPF, CAP_SYS_ADMIN and
+    CAP_PERFMON, so the kernel refuses bpf() as on a node whose kernel lacks the support), one
+    warning names the reason, /readyz says ready, no filter is attached and the pods talk through
+    the normal stack."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    a, b = node.add_pod("pa"), node.add_pod("pb")
+    drop = "-bpf,-sys_admin,-perfmon"
+    agent = start_moord(node, tmp_path, wrap=(setpriv, "--bounding-set", drop, "--inh-caps", drop),
+                        metrics_port=9477)
+    try:
+        wait_for(lambda: host_routing_lines(tmp_path), timeout=60, what="moord's host routing")
+        lines = host_routing_lines(tmp_path)
+        assert len(lines) == 1 and "host routing off: " in lines[0] and "normal stack" in lines[0], lines
+        assert "WARNING" in lines[0] and "the kernel refused bpf(): Operation not permitted" in lines[0], lines
+        status, body = node.lab.run(node.node, sys.executable, "-c", READYZ, "9477").stdout.decode().split(" ", 1)
+        doc = json.loads(body)
+        comp = next(c for c in doc["components"] if c["name"] == "hostRouting")
+        assert status == "200" and doc["status"] == "ready" and not comp["ok"] and comp["detail"], doc
+        assert agent.poll() is None
+        assert [tc_filters(node, p[3]) for p in (a, b)] == [[], []]
+        fwd = node.forwarded()
+        assert node.lab.ping(a[0], b[1]) and node.lab.ping(b[0], a[2])
+        assert node.forwarded() - fwd >= 4  # the stack forwarded them
+    finally:
+        stop(agent, signal.SIGINT)
+
+
+def test_moord_follows_a_route_mtu_metric_set_after_it_attached(node: Node, tmp_path: Path):
+    """moord's loop reads the route MTU events: a metric put on the route to REMOTE4/6 while the
+    fast path runs makes the node answer frag needed / packet too big, as the stack alone does."""
+    a = node.add_pod("pa")
+    agent = start_moord(node, tmp_path)
+    try:
+        wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
+                 what="moord's host routing")
+        if not tc_filters(node, a[3]):
+            pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+        for dst in (REMOTE4, REMOTE6):
+            assert node.lab.ping(a[0], dst)
+            assert df_probe(node, a[0], dst)[0] == "ECONNREFUSED"  # the control: 1428 bytes fit
+        node.lab.run(node.node, "ip", "route", "replace", f"{REMOTE4}/32", "via", "192.0.2.1", "mtu", "1280")
+        node.lab.run(node.node, "ip", "-6", "route", "replace", f"{REMOTE6}/128", "via", "2001:db8:1::1", "mtu",
+                     "1280")
+        wait_for(lambda: any("4 route MTU bound(s)" in l for l in host_routing_lines(tmp_path)),
+                 what="moord to apply the metric routes")
+        assert too_big(node, a[0], REMOTE4) and too_big(node, a[0], REMOTE6)
+    finally:
+        stop(agent, signal.SIGINT)
