@@ -104,7 +104,17 @@ def bounds(routes) -> dict:
     own: dict = {}
     for r in routes:
         own[r.dst] = min(r.mtu, own.get(r.dst, r.mtu))
-    return {dst: min(m for d, m in own.items() if d.version == dst.version and dst.subnet_of(d)) for dst in own}
+    # each prefix's covering prefixes looked up by length (at most 33 or 129 look-ups): linear in
+    # the routes, where comparing every pair would take seconds for thousands of metric routes
+    lens = {v: sorted({d.prefixlen for d in own if d.version == v}) for v in (4, 6)}
+    out = {}
+    for dst, mtu in own.items():
+        for ln in lens[dst.version]:
+            if ln >= dst.prefixlen:
+                break
+            mtu = min(mtu, own.get(dst.supernet(new_prefix=ln), mtu))
+        out[dst] = mtu
+    return out
 
 
 def read_tables() -> dict:
