@@ -16,6 +16,7 @@ from .netlink.wire import MACVLAN_MODES
 from .result import Result
 
 MODES = ("macvlan", "bgp")
+DEVICES = ("auto", "netkit", "veth")  # routed mode's pod device (cni/routed.py)
 DEFAULT_STATE_DIR = "/var/lib/moor"
 
 
@@ -37,6 +38,9 @@ class NetConf:
     vlan: int = 0
     macvlan_mode: str = "bridge"
     mtu: int = 0
+    # routed mode's pod device: "veth" (the default: moord's eBPF host routing forwards it), "auto"
+    # (netkit where the kernel has it, else veth) or "netkit"
+    device: str = "veth"
     mac_from_ip: bool = True
     host_shim: Optional[HostShim] = None  # None: no shim
     default_route: bool = True
@@ -110,6 +114,9 @@ def parse(doc: dict) -> NetConf:
     conf.mtu = _get(doc, "mtu", int, 0)
     if conf.mtu and not 68 <= conf.mtu <= 65535:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'mtu' {conf.mtu} is outside 68-65535")
+    conf.device = _get(doc, "device", str, "veth")
+    if conf.device not in DEVICES:
+        raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'device': {conf.device!r}", f"devices: {', '.join(DEVICES)}")
     conf.mac_from_ip = _get(doc, "macFromIP", bool, True)
     conf.host_shim = _host_shim(doc)
     conf.default_route = _get(doc, "defaultRoute", bool, True)

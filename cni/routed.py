@@ -1,22 +1,31 @@
 """Routed ("bgp") mode: a veth pair per pod, the pod's IP as /32 (/128), a default route via a
 link-local gateway (169.254.1.1, fe80::1) pinned by a permanent neighbour entry to the host end's
 MAC, and on the node `IP/32 dev <host veth> proto moor`: the route the agent advertises over BGP.
-No bridge, no NAT, no packet-filter rule."""
+No bridge, no NAT, no packet-filter rule.
+
+"device": "veth" (the default), "auto" or "netkit". The pair is a netkit pair in L3 mode (no MAC or
+ARP, so the pod's default route is simply `dev eth0`) where the kernel has netkit (Linux 6.7+,
+CONFIG_NETKIT) and "device" is "auto" or "netkit". veth is the default because moord's eBPF host
+routing (tc, parsing an Ethernet header) forwards veth pods only: a netkit pair without its own
+BPF program passes packets through the same per-CPU backlog as a veth. "auto" falls back to veth
+where rtnetlink knows no such kind (EOPNOTSUPP); "netkit" fails then, naming the field."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 
 from . import delegate
-from .errors import INTERFACE_EXISTS, INVALID_CONFIG, CNIError
+from .errors import INTERFACE_EXISTS, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
 from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
-from .netlink.rtnl import RTNL, Link
+from .netlink.rtnl import RTNL, Link, NetlinkError
 from .netlink.wire import RTPROT_MOOR
 from .result import Interface, IPConfig, Result, RouteConfig
 from .state import Attachment
 from .steps import Steps
 
+PAIR_KINDS = ("veth", "netkit")
 GATEWAY = {4: ipaddress.ip_address("169.254.1.1"), 6: ipaddress.ip_address("fe80::1")}
 DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
@@ -69,8 +78,8 @@ class RoutedPlugin(Mode):
         mac = self._choose_mac(ipam.ips)
         att.mac, att.ips = mac, [str(_host(ip)) for ip in ips]
         steps.run("record", lambda: self.store.put(att))  # the pending step's undo removes it
-        steps.run("veth", lambda: self.host.veth_add(hname, env.ifname, nsfd, mtu=c.mtu, peer_mac=mac),
-                  lambda: self._delete_host_veth(hname, att.ips))
+        kind = steps.run("veth", lambda: self._make_pair(hname, nsfd, mac),
+                         lambda: self._delete_host_veth(hname, att.ips))
         host = self.host.link_get(hname)
         link = pod.link_get(env.ifname)
         assert host is not None and link is not None
@@ -83,7 +92,7 @@ class RoutedPlugin(Mode):
         steps.run("addresses", lambda: [pod.addr_add(link.index, _host(ip)) for ip in ips])
         steps.run("up", lambda: pod.link_set(link.index, up=True))
         routes = self._pod_routes(ips)
-        steps.run("pod-routes", lambda: self._install_pod_routes(pod, link, host, ips))
+        steps.run("pod-routes", lambda: self._install_pod_routes(pod, link, host, ips, kind))
         # last: the agent advertises this route the moment it appears, so the pod must be ready
         steps.run("host-routes", lambda: [self.host.route_replace(_host(ip).network, oif=host.index, proto=RTPROT_MOOR)
                                           for ip in ips])
@@ -94,22 +103,43 @@ class RoutedPlugin(Mode):
         idx = len(res.interfaces)
         res.interfaces += [Interface(name=hname, mac=host.mac),
                            Interface(name=env.ifname, mac=link.mac, sandbox=env.netns, mtu=link.mtu)]
-        res.ips += [IPConfig(address=_host(ip), gateway=GATEWAY[ip.version], interface=idx + 1) for ip in ips]
-        res.routes += routes
+        res.ips += [IPConfig(address=_host(ip), gateway=GATEWAY[ip.version] if kind == "veth" else None,
+                             interface=idx + 1) for ip in ips]
+        res.routes += routes if kind == "veth" else [RouteConfig(dst=r.dst) for r in routes]
         return res
 
     def _pod_routes(self, ips: list) -> list[RouteConfig]:
         return [RouteConfig(dst=DEFAULT[v], gw=GATEWAY[v]) for v in sorted({ip.version for ip in ips})]
 
-    def _install_pod_routes(self, pod: RTNL, link: Link, host: Link, ips: list) -> None:
+    def _make_pair(self, hname: str, nsfd: int, mac: str) -> str:
+        """The pod's pair, by conf.device; which kind it is."""
+        c, env = self.conf, self.env
+        if c.device in ("auto", "netkit"):
+            try:
+                self.host.netkit_add(hname, env.ifname, nsfd, mtu=c.mtu)
+                return "netkit"
+            except NetlinkError as e:
+                if e.errno != errno.EOPNOTSUPP:
+                    raise
+                if c.device == "netkit":
+                    raise CNIError(UNSUPPORTED_FIELD, "unsupported field 'device': \"netkit\": this kernel has no netkit "
+                                   "devices (EOPNOTSUPP: they need Linux 6.7+ with CONFIG_NETKIT)",
+                                   "use \"auto\" (netkit where the kernel has it, else veth) or \"veth\"") from None
+        self.host.veth_add(hname, env.ifname, nsfd, mtu=c.mtu, peer_mac=mac)
+        return "veth"
+
+    def _install_pod_routes(self, pod: RTNL, link: Link, host: Link, ips: list, kind: str = "veth") -> None:
         for v in sorted({ip.version for ip in ips}):
+            if kind == "netkit":  # L3: no neighbours, the device is the way out
+                pod.route_replace(DEFAULT[v], oif=link.index, proto=4)
+                continue
             # the gateway exists only as a permanent neighbour: no ARP/NDP, no proxy on the host
             pod.neigh_replace(link.index, GATEWAY[v], host.mac)
             pod.route_replace(DEFAULT[v], oif=link.index, gateway=GATEWAY[v], proto=4, onlink=True)
 
     def _delete_host_veth(self, name: str, ips: list[str]) -> None:
         link = self.host.link_get(name)
-        if link is not None and link.kind == "veth":
+        if link is not None and link.kind in PAIR_KINDS:
             # the routes first, one by one: the kernel flushes a deleted link's IPv4 routes without
             # an RTM_DELROUTE (the agent would have to notice the link going instead)
             for cidr in ips:
@@ -136,7 +166,7 @@ class RoutedPlugin(Mode):
     def _check_host(self, prev: Result) -> list[str]:
         hname = self._host_name()
         host = self.host.link_get(hname)
-        if host is None or host.kind != "veth":
+        if host is None or host.kind not in PAIR_KINDS:
             return [f"host veth {hname} does not exist"]
         tables = {v: self.host.routes(v) for v in sorted({ip.version for ip in prev.ips})}
         diffs = []
@@ -147,7 +177,10 @@ class RoutedPlugin(Mode):
         return diffs
 
     def _check_link(self, pod: RTNL, link: Link, prev: Result, idx) -> list[str]:
-        if link.kind != "veth":
-            return [f"{link.name} is a {link.kind or 'plain'} link, not veth"]
+        if link.kind not in PAIR_KINDS:
+            return [f"{link.name} is a {link.kind or 'plain'} link, not veth or netkit"]
+        if link.kind == "netkit":
+            return [f"default route dev {link.name} missing" for v in sorted({ip.version for ip in prev.ips})
+                    if not any(r.dst == DEFAULT[v] and r.oif == link.index for r in pod.routes(v))]
         return [f"default route via {GATEWAY[v]} missing" for v in sorted({ip.version for ip in prev.ips})
                 if not any(r.dst == DEFAULT[v] and r.gateway == GATEWAY[v] for r in pod.routes(v))]

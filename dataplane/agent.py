@@ -383,7 +383,7 @@ def _host_routing(dp: _Section) -> HostRoutingConfig:
         if not isinstance(name, str) or not name or len(name.encode()) > 15 or "/" in name or any(
                 c.isspace() for c in name):
             raise ConfigError(f"dataplane.uplinks[{i}] {_show(name)}: not an interface name")
-    return HostRoutingConfig(enabled=dp.get("hostRouting", bool, False), uplinks=list(uplinks))
+    return HostRoutingConfig(enabled=dp.get("hostRouting", bool, True), uplinks=list(uplinks))
 
 
 def _forwarding(node: _Section) -> str:
@@ -471,6 +471,7 @@ async def _load_host_routing(view: AgentView, hr: HostRouting) -> None:
     try:
         await asyncio.to_thread(hr.start)
         hr.attach_all()
+        hr.follow_route_mtus(asyncio.get_running_loop())
     except Exception as e:  # HostRoutingUnavailable, netlink, or bcc failing in its own ways
         hr.close(detach=True)
         view.components["hostRouting"] = Component("hostRouting", False, str(e))

@@ -18,9 +18,15 @@
  * rp_filter decide: the fast path must not turn a spoofed source into a forwarded one), a GSO
  * packet whose segments would not fit the egress MTU, and a next hop back out of the same device.
  *
+ * A packet longer than a route MTU metric that may apply to it is passed too (C_MTU): the stack
+ * honours an unlocked `mtu N` on a route when it forwards, bpf_fib_lookup only a locked one
+ * (route_mtu below; moord fills the trie, see routemtu.py).
+ *
  * pods: host veths of local pods (ifindex -> 1): where bpf_redirect_peer may go.
  * sources: (ifindex, family, address) of each pod route (IP/32, IP/128 dev <veth> proto moor).
  * counters: per-CPU packet counts by outcome (C_* below), read by hostrouting.py.
+ * route_mtu: LPM trie (version, destination prefix) -> the smallest MTU metric of the routes to
+ *   that prefix or any prefix covering it, in any table; empty on a node without such routes.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -35,7 +41,7 @@
 #define C_SPECIAL 3     /* TTL <= 1, ICMP non-echo, options, fragments, multicast, link-local */
 #define C_SOURCE 4      /* source not the pod's */
 #define C_FIB 5         /* the FIB said anything but success (to the node, no neighbour, frag needed...) */
-#define C_MTU 6         /* GSO segments too big for the egress device, or a hairpin */
+#define C_MTU 6         /* over a route MTU metric, GSO segments too big for the egress device, or a hairpin */
 #define C_N 8
 
 #define AF_INET_ 2
@@ -56,6 +62,7 @@ struct src_key {
 BPF_PERCPU_ARRAY(counters, u64, C_N);
 BPF_HASH(pods, u32, u8, MAX_PODS);
 BPF_HASH(sources, struct src_key, u8, MAX_PODS * 4);
+
 
 static __always_inline int count(int what, int verdict)
 {
@@ -78,6 +85,40 @@ static __always_inline u32 l4_len(void *l4, void *data_end, u8 proto)
     if (proto == IPPROTO_UDP)
         return 8;
     return 0;
+}
+
+struct mtu_key {
+    u32 prefixlen;  /* 8 (the version byte) + the prefix length */
+    u8 version;     /* 4 or 6: the families never match each other */
+    u8 addr[16];
+};
+BPF_F_TABLE("lpm_trie", struct mtu_key, u32, route_mtu, MAX_MTU_ROUTES, BPF_F_NO_PREALLOC);
+
+/* the bound on the route MTU metrics that may apply to `addr` (0: none); one trie lookup */
+static __always_inline u32 metric_mtu(u8 version, void *addr, int addr_len)
+{
+    struct mtu_key k = {};
+    k.prefixlen = 8 + addr_len * 8;
+    k.version = version;
+    if (version == 4)
+        __builtin_memcpy(k.addr, addr, 4);
+    else
+        __builtin_memcpy(k.addr, addr, 16);
+    u32 *mtu = route_mtu.lookup(&k);
+    return mtu ? *mtu : 0;
+}
+
+/* longer than `bound`: the packet, or for GSO each segment it will be cut into */
+static __always_inline int too_long(struct __sk_buff *skb, u32 bound, u32 len, u32 hdrs, void *l4,
+                                    void *data_end, u8 proto)
+{
+    if (!bound)
+        return 0;
+    if (skb->gso_size) {
+        u32 l4h = l4_len(l4, data_end, proto);
+        return !l4h || skb->gso_size + hdrs + l4h > bound;
+    }
+    return len > bound;
 }
 
 static __always_inline int ports(struct bpf_fib_lookup *fib, void *l4, void *data_end, u8 proto)
@@ -165,7 +206,8 @@ static __always_inline int route4(struct __sk_buff *skb, u32 in_ifindex, int fro
     fib.family = AF_INET_;
     fib.tos = ip->tos;
     fib.l4_protocol = proto;
-    /* non-GSO: the FIB checks the length against the route's MTU (PMTU exceptions included) */
+    /* non-GSO: the FIB checks the length against the MTU it knows (device, locked metric, PMTU
+     * exceptions); an unlocked metric is route_mtu's (too_long below) */
     fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(ip->tot_len);
     fib.ifindex = in_ifindex;
     fib.ipv4_src = ip->saddr;
@@ -175,6 +217,8 @@ static __always_inline int route4(struct __sk_buff *skb, u32 in_ifindex, int fro
     int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
     if (rc != BPF_FIB_LKUP_RET_SUCCESS)
         return count(C_FIB, TC_ACT_OK);
+    if (too_long(skb, metric_mtu(4, &ip->daddr, 4), bpf_ntohs(ip->tot_len), sizeof(*ip), l4, data_end, proto))
+        return count(C_MTU, TC_ACT_OK);
     int to = target(skb, &fib, in_ifindex, sizeof(*ip), l4, data_end, proto, !from_pod);
     if (to == T_PASS)
         return TC_ACT_OK;
@@ -229,6 +273,9 @@ static __always_inline int route6(struct __sk_buff *skb, u32 in_ifindex, int fro
     int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
     if (rc != BPF_FIB_LKUP_RET_SUCCESS)
         return count(C_FIB, TC_ACT_OK);
+    if (too_long(skb, metric_mtu(6, &ip6->daddr, 16), bpf_ntohs(ip6->payload_len) + sizeof(*ip6), sizeof(*ip6),
+                 l4, data_end, proto))
+        return count(C_MTU, TC_ACT_OK);
     int to = target(skb, &fib, in_ifindex, sizeof(*ip6), l4, data_end, proto, !from_pod);
     if (to == T_PASS)
         return TC_ACT_OK;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from pathlib import Path
 from cni.netlink import wire as w
 from cni.netlink.rtnl import RTNL, NetlinkError
 
+from .routemtu import RouteMtus, lpm_key
+
 log = logging.getLogger("moord.hostrouting")
 
 BPF_SOURCE = Path(__file__).with_name("hostrouting.bpf.c")
 MAX_PODS = 4096
+MAX_MTU_ROUTES = 1024  # prefixes in the route MTU trie; beyond that one bound per family (routemtu.py)
 # moor's tc filter on the ingress hook: priority 1 (first: it is the routing decision) and a handle
 # that says whose it is; a restart replaces exactly this filter, a shutdown removes exactly it
 PRIO = 1
@@ -51,8 +55,23 @@ class HostRoutingUnavailable(RuntimeError):
 
 @dataclass
 class HostRoutingConfig:
-    enabled: bool = False  # opt-in until the gaps in README "Host routing" are closed; moord says why when it cannot load
+    enabled: bool = True  # where the kernel and bcc can load it; moord says why in one line when they cannot
     uplinks: list[str] = field(default_factory=list)  # node uplinks whose way in to pods is redirected too
+
+
+def _check_bpf_allowed() -> None:
+    """One bpf(BPF_MAP_CREATE) for a 1-entry array: a kernel or a process that may not use eBPF
+    says why here (EPERM, ENOSYS...), where bcc's compile error would only say "failed to load"."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack("=IIII", 2, 4, 4, 1).ljust(128, b"\0")  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = libc.syscall(321 if os.uname().machine == "x86_64" else 280, 0, buf, len(attr))  # SYS_bpf; BPF_MAP_CREATE
+    if fd < 0:
+        e = ctypes.get_errno()
+        need = " (moord needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN)" if e == errno.EPERM else ""
+        raise HostRoutingUnavailable(f"the kernel refused bpf(): {os.strerror(e)}{need}")
+    os.close(fd)
 
 
 class Tc(RTNL):
@@ -114,6 +133,9 @@ class HostRouting:
         self._bpf = None
         self._fn_pod = self._fn_uplink = None
         self._tc: Tc | None = None
+        self._mtus: RouteMtus | None = None
+        self.mtu_trie: dict[bytes, int] = {}  # what the route_mtu trie holds
+        self._loop = None
 
     # -- loading ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,8 +145,10 @@ class HostRouting:
 
         from .probe.errors import ProbeUnavailable
         from .probe.kheaders import compile_bpf
+        _check_bpf_allowed()
         try:
-            bpf = compile_bpf([f"-DMAX_PODS={self.max_pods}"], src_file=str(BPF_SOURCE))
+            bpf = compile_bpf([f"-DMAX_PODS={self.max_pods}", f"-DMAX_MTU_ROUTES={MAX_MTU_ROUTES}"],
+                              src_file=str(BPF_SOURCE))
         except ProbeUnavailable as e:
             raise HostRoutingUnavailable(str(e)) from None
         try:
@@ -138,6 +162,9 @@ class HostRouting:
                 from None
         self._bpf = bpf
         self._tc = Tc()
+        # before anything is attached: no packet meets the program before the trie is filled
+        self._mtus = RouteMtus()
+        self._sync_route_mtus()
 
     # -- pods ------------------------------------------------------------------------------------
     def pod_route(self, dst, oif: int, present: bool) -> None:
@@ -218,6 +245,40 @@ class HostRouting:
             raise
         self.attached.add(ifindex)
 
+    # -- route MTU metrics (routemtu.py) ---------------------------------------------------------
+    def follow_route_mtus(self, loop) -> None:
+        """On the loop, once started: keep the trie in step with the routes' MTU metrics."""
+        self._loop = loop
+        loop.add_reader(self._mtus.fileno(), self.route_mtus_changed)
+
+    def route_mtus_changed(self) -> None:
+        """The route MTU socket is readable: apply its events, then the trie. Never raises (the
+        loop's reader): on an error the trie keeps its bounds and the next event tries again."""
+        try:
+            if self._mtus.drain():
+                self._sync_route_mtus()
+        except Exception as e:
+            log.warning("host routing: cannot follow the routes' MTU metrics: %s", e)
+
+    def _sync_route_mtus(self) -> None:
+        """The trie to the bounds of the routes now: new and lowered bounds first, then what went,
+        so a packet never meets a looser bound than both the old and the new table give."""
+        want = {lpm_key(dst): mtu for dst, mtu in self._mtus.bounds().items()}
+        if len(want) > MAX_MTU_ROUTES:  # too many to hold: one bound per family, the smallest
+            low: dict[int, int] = {}
+            for dst, mtu in self._mtus.bounds().items():
+                low[dst.version] = min(mtu, low.get(dst.version, mtu))
+            want = {lpm_key(ipaddress.ip_network("0.0.0.0/0" if v == 4 else "::/0")): m for v, m in low.items()}
+        t = self._bpf[b"route_mtu"]
+        for k, mtu in want.items():
+            if self.mtu_trie.get(k) != mtu:
+                t[t.Key.from_buffer_copy(k)] = t.Leaf(mtu)
+        for k in [k for k in self.mtu_trie if k not in want]:
+            t.pop(t.Key.from_buffer_copy(k), None)
+        if want != self.mtu_trie:
+            log.info("host routing: %d route MTU bound(s) for the fast path (routes with an MTU metric)", len(want))
+        self.mtu_trie = want
+
     # -- reading and stopping ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         """Packets by outcome, summed over CPUs."""
@@ -229,6 +290,12 @@ class HostRouting:
     def close(self, detach: bool) -> None:
         """`detach`: remove moor's filter from every device it is on (a full shutdown). Otherwise
         the filters stay, and with them the program and its maps (a restart stop)."""
+        if self._mtus is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._mtus.fileno())
+                self._loop = None
+            self._mtus.close()
+            self._mtus = None
         if self._tc is not None:
             if detach:
                 for ifindex in sorted(self.attached):

@@ -91,6 +91,12 @@ def bpf_program(proto: int, learned: int = w.RTPROT_MOOR_BGP) -> list[tuple[int,
         ("label", DROP),
         (RET, 0, 0, 0),
     ]
+    return assemble(prog)
+
+
+def assemble(prog: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF with ("label", name) entries and jump targets named by label: the label
+    entries removed and each named target turned into its relative offset."""
     labels, out, at = {}, [], 0
     for ins in prog:
         if ins[0] == "label":

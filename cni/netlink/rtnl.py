@@ -181,6 +181,31 @@ class RTNL:
         body = w.IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(attrs)
         self._request(w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"create veth {name}/{peer}")
 
+    @staticmethod
+    def netkit_body(name: str, peer: str, peer_netns_fd: int, mtu: int = 0) -> bytes:
+        """RTM_NEWLINK body of a netkit pair in L3 mode (no MAC, no ARP: routed pods need neither):
+        `name` here, `peer` created inside the netns of peer_netns_fd. Both policies pass (what
+        no BPF program decides goes to the stack, as with a veth); netkit_new_link parses the peer
+        like veth's, a struct ifinfomsg and its attributes in IFLA_NETKIT_PEER_INFO."""
+        peer_attrs = [w.attr_str(w.IFLA_IFNAME, peer), w.attr_u32(w.IFLA_NET_NS_FD, peer_netns_fd)]
+        if mtu:
+            peer_attrs.append(w.attr_u32(w.IFLA_MTU, mtu))
+        peer_msg = w.IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(peer_attrs)
+        data = (w.attr(w.IFLA_NETKIT_PEER_INFO, peer_msg) + w.attr_u32(w.IFLA_NETKIT_MODE, w.NETKIT_L3)
+                + w.attr_u32(w.IFLA_NETKIT_POLICY, w.NETKIT_PASS) + w.attr_u32(w.IFLA_NETKIT_PEER_POLICY, w.NETKIT_PASS))
+        attrs = [w.attr_str(w.IFLA_IFNAME, name),
+                 w.attr_nested(w.IFLA_LINKINFO, w.attr_str(w.IFLA_INFO_KIND, "netkit"),
+                               w.attr_nested(w.IFLA_INFO_DATA, data))]
+        if mtu:
+            attrs.append(w.attr_u32(w.IFLA_MTU, mtu))
+        return w.IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(attrs)
+
+    def netkit_add(self, name: str, peer: str, peer_netns_fd: int, mtu: int = 0) -> None:
+        """A netkit pair (netkit_body); EOPNOTSUPP where the kernel has no netkit (before 6.7, or
+        without CONFIG_NETKIT: rtnetlink knows no such kind)."""
+        self._request(w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, self.netkit_body(name, peer, peer_netns_fd, mtu),
+                      f"create netkit {name}/{peer}")
+
     def neigh_replace(self, index: int, ip: IPAddr, mac: str) -> None:
         """A permanent neighbour entry (the pod's link-local gateway never needs ARP/NDP)."""
         fam = _family(ip.version)

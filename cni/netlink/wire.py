@@ -28,6 +28,10 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_MACVLAN_MODE = 1
 IFLA_VLAN_ID = 1
 VETH_INFO_PEER = 1
+# netkit (include/uapi/linux/if_link.h, Linux 6.7+): IFLA_INFO_DATA of kind "netkit"
+IFLA_NETKIT_PEER_INFO, IFLA_NETKIT_PRIMARY, IFLA_NETKIT_POLICY, IFLA_NETKIT_PEER_POLICY, IFLA_NETKIT_MODE = 1, 2, 3, 4, 5
+NETKIT_L2, NETKIT_L3 = 0, 1  # enum netkit_mode
+NETKIT_PASS, NETKIT_DROP = 0, 2  # enum netkit_action (TC_ACT_OK, TC_ACT_SHOT): the policy without a program
 IFF_UP = 0x1
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}

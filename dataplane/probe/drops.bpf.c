@@ -32,6 +32,8 @@
 //   HAVE_IGNORE      some reasons are not counted (the `ignored` array says which)
 //   UDPF_RC_ARG UDPF_SK_ARG  argument positions of the raw tracepoint udp_fail_queue_rcv_skb
 //   STAMP_JIFFIES    stamp drops with jiffies (else CLOCK_BOOTTIME ns)
+//   SKB_DESTRUCTOR TX_DTOR_1 TX_DTOR_2 TX_DTOR_3  sk_buff.destructor, and the addresses of the
+//                    destructors of an skb a socket is sending (sock_wfree, __sock_wfree, tcp_wfree)
 //   ERR_NOMEM AF_INET_ AF_INET6_ ETH_P_IP_ ETH_P_IPV6_ MAX_FLOWS MAX_SOCKS IGNORE_SLOTS
 
 #define KREAD(dst, base, off) \
@@ -247,8 +249,19 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
 
     // where: the device's namespace and index; the socket's namespace when there is no device, or
     // when the device field does not agree with the socket (skb->dev shares a union with rbtree
-    // links while an skb sits in a TCP out-of-order queue)
+    // links while an skb sits in a TCP out-of-order queue) — unless the socket is the sender's:
+    // an skb still owned for sending (a write destructor; no receiving socket given) that crossed
+    // into another namespace without the stack's ip_rcv() orphaning it (eBPF host routing's
+    // bpf_redirect_neigh from a pod's veth) is dropped on a real device there, as the same
+    // packet forwarded by the stack is
     const void *dev = AT(void *, sw, SKB_WIN_START, SKB_DEV);
+    int sending = 0;
+#ifdef TX_DTOR_1
+    if (!sk) {
+        u64 dtor = (u64)AT(void *, sw, SKB_WIN_START, SKB_DESTRUCTOR);
+        sending = dtor && (dtor == TX_DTOR_1 || dtor == TX_DTOR_2 || dtor == TX_DTOR_3);
+    }
+#endif
     if (!sk)
         sk = AT(void *, sw, SKB_WIN_START, SKB_SK);
     u32 dev_ns = 0, sk_ns = 0;
@@ -272,7 +285,7 @@ static __always_inline int count_drop(const void *skb, u32 reason, const void *s
         KREAD(net, sk, SK_NET);
         sk_ns = net_inum(net, nc, tick);
     }
-    if (dev_ns && ifindex > 0 && (!sk_ns || sk_ns == dev_ns)) {
+    if (dev_ns && ifindex > 0 && (!sk_ns || sk_ns == dev_ns || sending)) {
         k.netns = dev_ns;
         k.ifindex = ifindex;
     } else {

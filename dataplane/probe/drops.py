@@ -20,7 +20,10 @@ Attribution (DropKey.netns / ifindex)
   * skb->dev gives the device and its namespace (dev->nd_net.net->ns.inum). Without a device, or
     when the device's namespace disagrees with the socket's (skb->dev shares a union with the
     rbtree links of skbs in a TCP out-of-order queue, so it is not always a device), the namespace
-    of the socket is used (the tracepoint's rx_sk, else skb->sk) and ifindex is 0. With neither
+    of the socket is used (the tracepoint's rx_sk, else skb->sk) and ifindex is 0 — except for an
+    skb its socket is still sending (destructor sock_wfree, __sock_wfree or tcp_wfree, addresses from
+    /proc/kallsyms, and no rx_sk): the device is real then, e.g. a pod's packet that eBPF host
+    routing sent out of the node's uplink (no ip_rcv() orphaned it on the way). With neither
     (e.g. the fragments queued inside a reassembled datagram, freed with it), both are 0.
   * Flow fields come from the packet itself: skb->head + skb->network_header, checked against
     skb->protocol and the version nibble; IPv4 options and IPv6 extension headers (hop-by-hop,
@@ -121,6 +124,24 @@ class RcvbufStat:
     last_seen: float = 0.0    # and of its last one
 
 
+TX_DESTRUCTORS = ("sock_wfree", "__sock_wfree", "tcp_wfree")
+
+
+def tx_destructors(path: str = "/proc/kallsyms") -> list[int]:
+    """Addresses of the skb destructors of a socket sending (hex, as the C compares them), from
+    kallsyms; [] when hidden (kptr_restrict shows zeros) or absent."""
+    found: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in TX_DESTRUCTORS and parts[2] not in found:
+                    found[parts[2]] = int(parts[0], 16)
+    except OSError:
+        return []
+    return [a for a in found.values() if a]
+
+
 def boottime_to_unix() -> Callable[[int], float]:
     """A function from CLOCK_BOOTTIME nanoseconds (the probe's stamps) to unix seconds, using the
     offset between the two clocks now (the boot-time clock read on both sides of time.time())."""
@@ -217,6 +238,7 @@ class DropProbe:
         optional = {
             "SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),
             "SK_PROTOCOL": ("sock", "sk_protocol", 2),
+            "SKB_DESTRUCTOR": ("sk_buff", "destructor", 8),  # a function pointer: its size checked
         }
         out: dict[str, int] = {}
         sizes: dict[str, int] = {}
@@ -354,6 +376,15 @@ class DropProbe:
                 raise ProbeUnavailable("tracepoint skb:kfree_skb not found (is tracefs mounted at /sys/kernel/tracing?)")
             defines.update(self._tracepoint_defines(fields))
             self.attached_as = "tracepoint"
+        if "SKB_DESTRUCTOR" in defines:
+            dtors = tx_destructors()
+            if dtors:
+                for i in range(3):
+                    defines[f"TX_DTOR_{i + 1}"] = f"0x{dtors[i % len(dtors)]:x}ULL"  # type: ignore[assignment]
+            else:
+                self.limitations.append("no addresses of sock_wfree/tcp_wfree in /proc/kallsyms: a drop of a "
+                                        "packet still owned by its sender in another netns (eBPF host routing) "
+                                        "is attributed to the sender's netns")
         udp_args = self._udp_fail_args(btf)
         if udp_args is None:
             self.limitations.append("no raw tracepoint udp_fail_queue_rcv_skb(rc, sk) in BTF: "

@@ -328,23 +328,65 @@ def too_big(node: Node, ns: str, dst: str) -> bool:
     return got == ["EMSGSIZE", "1280", NODE6 if ":" in dst else NODE4] or pytest.fail(f"{dst}: {got}")
 
 
+def df_probe(node: Node, ns: str, dst: str) -> list[str]:
+    return node.lab.run(ns, sys.executable, "-c", DF_PROBE, dst).stdout.decode().split()
+
+
 def test_a_route_mtu_metric_is_honoured_as_by_the_stack(node: Node):
     """The stack's forwarding honours a route's MTU metric (`ip route ... mtu 1280`), locked or not;
-    bpf_fib_lookup honours it only when locked (ip_mtu_from_fib_result, ip6_mtu_from_fib6; IPv4 also
-    with net.ipv4.ip_forward_use_pmtu), so the fast path forwards what the stack would refuse. Known
-    gap, kept visible: this test xfails naming the families where it is still there."""
+    bpf_fib_lookup honours it only when locked (ip_mtu_from_fib_result, ip6_mtu_from_fib6), so the
+    program bounds the length by the route MTU trie moord fills (dataplane/routemtu.py) and leaves
+    a longer packet to the stack."""
     a = node.add_pod("pa")
     assert too_big(node, a[0], METRIC4) and too_big(node, a[0], METRIC6)  # the stack alone
-    with host_routing(node, [a]):
+    with host_routing(node, [a]) as hr:
         for dst in (METRIC4, METRIC6):  # the next hop resolved: the big one meets the fast path
             assert node.lab.ping(a[0], dst)
-        got = {dst: node.lab.run(a[0], sys.executable, "-c", DF_PROBE, dst).stdout.decode().split()
-               for dst in (METRIC4, METRIC6)}
-        assert all(g[0] in ("EMSGSIZE", "ECONNREFUSED") for g in got.values()), got
-        through = [dst for dst, g in got.items() if g[0] == "ECONNREFUSED"]
-        if through:
-            pytest.xfail(f"an unlocked route MTU metric is not honoured by bpf_fib_lookup: {', '.join(through)} "
-                         "got a 1428-byte DF datagram the stack refuses")
+        before = hr.counters()
+        assert too_big(node, a[0], METRIC4) and too_big(node, a[0], METRIC6)
+        d = delta(hr, before)
+        assert d["pass_mtu"] >= 2 and d["to_uplink"] == 0, d
+        # what fits the metric still takes the fast path
+        before = hr.counters()
+        assert node.lab.ping(a[0], METRIC4, count=2) and node.lab.ping(a[0], METRIC6, count=2)
+        assert delta(hr, before)["to_uplink"] >= 4
+
+
+def test_the_route_mtu_bound_follows_route_changes_after_attach(node: Node):
+    """A metric route added after attach bounds the fast path once its event is applied; replaced
+    without the metric, the bound goes and a 1428-byte DF datagram is forwarded again. The events are
+    applied by route_mtus_changed(), which moord calls when the socket is readable."""
+    a = node.add_pod("pa")
+    net4, net6 = "198.51.100.0/26", "2001:db8:2::/64"  # cover REMOTE4/6; the /32 and /128 carry no metric
+    with host_routing(node, [a]) as hr:
+        for dst in (REMOTE4, REMOTE6):
+            assert node.lab.ping(a[0], dst)
+        # the control: no metric, the datagram goes through the fast path to the remote's closed port
+        before = hr.counters()
+        assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+        assert delta(hr, before)["to_uplink"] >= 2
+        node.lab.run(node.node, "ip", "route", "add", net4, "via", "192.0.2.1", "table", "100", "mtu", "1280")
+        node.lab.run(node.node, "ip", "-6", "route", "add", net6, "via", "2001:db8:1::1", "mtu", "1280")
+        try:
+            wait_for(lambda: (hr.route_mtus_changed(), len(hr.mtu_trie) == 4)[1], what="the metric routes' events")
+            # a covering route in another table bounds it too (policy rules may pick any table):
+            # the stack itself still forwards (main's /32 has no metric), which the program leaves it
+            before = hr.counters()
+            assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+            d = delta(hr, before)
+            assert d["pass_mtu"] >= 2 and d["to_uplink"] == 0, d
+            node.lab.run(node.node, "ip", "route", "replace", f"{METRIC4}/32", "via", "192.0.2.1")
+            node.lab.run(node.node, "ip", "-6", "route", "del", net6)
+            node.lab.run(node.node, "ip", "route", "del", net4, "table", "100")
+            wait_for(lambda: (hr.route_mtus_changed(), len(hr.mtu_trie) == 1)[1], what="the routes' removal")
+            before = hr.counters()
+            assert df_probe(node, a[0], METRIC4)[0] == "ECONNREFUSED" and too_big(node, a[0], METRIC6)
+            assert [df_probe(node, a[0], d)[0] for d in (REMOTE4, REMOTE6)] == ["ECONNREFUSED"] * 2
+            d = delta(hr, before)
+            assert d["to_uplink"] >= 3 and d["pass_mtu"] >= 1, d
+        finally:
+            node.lab.run(node.node, "ip", "route", "del", net4, "table", "100", check=False)
+            node.lab.run(node.node, "ip", "-6", "route", "del", net6, check=False)
 
 
 def test_a_spoofed_source_is_left_to_the_stack(node: Node):
@@ -368,15 +410,19 @@ def test_the_packet_filter_ruleset_stays_empty(node: Node):
 
 
 # -- moord ---------------------------------------------------------------------------------------
-def start_moord(node: Node, tmp: Path, **dataplane) -> subprocess.Popen:
+def start_moord(node: Node, tmp: Path, wrap: tuple = (), metrics_port: int = 0, **dataplane) -> subprocess.Popen:
+    """moord in the node netns; no `dataplane` section unless given: host routing is on by default.
+    `wrap`: a command moord runs under (setpriv)."""
     conf = {"bgp": {"asn": 65001, "routerId": NODE4}, "api": {"socket": ""}, "cni": {"socket": ""},
-            "metrics": {"port": 0}, "probe": {"enabled": False}, "dataplane": {"hostRouting": True, **dataplane}}
+            "metrics": {"address": "127.0.0.1", "port": metrics_port}, "probe": {"enabled": False}}
+    if dataplane:
+        conf["dataplane"] = dataplane
     (tmp / "moord.json").write_text(json.dumps(conf))
     log = tmp / "moord.log"
     starts = log.read_text().count("ready: start-up done") if log.exists() else 0
     with open(log, "a") as f:
-        p = node.lab.spawn(node.node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp / "moord.json"),
-                                       "-v"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
+        p = node.lab.spawn(node.node, [*wrap, sys.executable, "-m", "dataplane.agent", "--config",
+                                       str(tmp / "moord.json"), "-v"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
     wait_for(lambda: log.read_text().count("ready: start-up done") > starts or p.poll() is not None, timeout=60,
              what="moord to start")
     assert p.poll() is None, log.read_text()[-2000:]
@@ -455,3 +501,153 @@ def test_moord_with_host_routing_off_removes_what_a_previous_moord_left(node: No
     assert any("disabled in moord's config (dataplane.hostRouting)" in l for l in host_routing_lines(tmp_path))
     assert any("removed the filters a previous moord left on 1 pod veth" in l for l in host_routing_lines(tmp_path))
     stop(agent, signal.SIGINT)
+
+
+# -- the drop probe on the redirect path -----------------------------------------------------------
+@pytest.fixture
+def drops():
+    from dataplane.probe.drops import DropProbe
+    from dataplane.probe.errors import ProbeUnavailable
+    p = DropProbe()
+    try:
+        p.start()
+    except ProbeUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_a_drop_after_redirect_peer_is_named_and_attributed_to_the_receiving_pod(node: Node, drops):
+    """A UDP flood from pod a to a socket in pod b with the smallest receive buffer: each datagram
+    goes by bpf_redirect_peer straight into b's netns, and the ones b's socket cannot hold are
+    dropped there. The probe must name SOCKET_RCVBUFF, b's netns and b's eth0 (the pod a drop is
+    blamed on is the netns's pod: view.py), not the node or a's veth, one for one with b's own
+    RcvbufErrors counter."""
+    from tests.ebpf.test_drops import GUARD, RECEIVER, inode, send, udp_snmp
+    a, b = node.add_pod("pa"), node.add_pod("pb")
+    eth0 = ipj(b[0], "link", "show", "eth0")[0]["ifindex"]
+    for v6, dst, src in ((False, b[1], a[1]), (True, b[2], a[2])):
+        port = 5310 + v6
+        rx = node.lab.spawn(b[0], [sys.executable, "-c", RECEIVER, dst, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+        try:
+            assert rx.stdout.readline(), "receiver did not start"
+            with host_routing(node, [a, b]) as hr:
+                assert node.lab.ping(a[0], dst)  # neighbours resolved: the flood meets the fast path
+                before = hr.counters()
+                send(node.lab, a[0], dst, port, 41010, 300)
+                d = delta(hr, before)
+                assert d["to_pod"] >= 300, d  # every datagram was redirected into b
+            deadline = time.monotonic() + GUARD  # the probe counts in softirq: read until caught up (bounded)
+            while True:
+                errors = udp_snmp(node.lab, b[0], "RcvbufErrors", v6)
+                flow = [s for s in drops.snapshot()[0] if s.key.dport == port and s.key.sport == 41010]
+                if (errors and sum(s.packets for s in flow) >= errors) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            rx.stdin.close()
+            rx.wait(10)
+        assert errors > 0, "the receive buffer never overflowed: nothing to observe"
+        assert {(s.key.reason, s.key.netns, s.key.ifindex, s.key.saddr, s.key.daddr) for s in flow} == \
+            {("SOCKET_RCVBUFF", inode(b[0]), eth0, src, dst)}, flow
+        assert sum(s.packets for s in flow) == errors
+
+
+def test_a_drop_on_the_uplink_after_redirect_neigh_is_the_nodes_as_without_the_fast_path(node: Node, drops):
+    """The remote end of the uplink goes down while the node's neighbour entry is still valid: the
+    fast path sends pod a's datagrams out of up0 by bpf_redirect_neigh and the veth drops them. The
+    skb is still owned by a's socket (no ip_rcv() orphaned it), so the probe saw a device in the
+    node's netns and a socket in a's and blamed a's netns, device unknown; it must say what it says
+    for the same drop through the normal stack: the node's netns, up0, the same reason."""
+    from tests.ebpf.test_drops import GUARD, inode, send
+    a = node.add_pod("pa")
+    up0 = ipj(node.node, "link", "show", "up0")[0]["ifindex"]
+
+    def flow(sport: int, n: int) -> list:
+        deadline = time.monotonic() + GUARD  # counted in softirq: read until all are there (bounded)
+        while True:
+            got = [s for s in drops.snapshot()[0] if s.key.dport == 5401 and s.key.sport == sport]
+            if sum(s.packets for s in got) >= n or time.monotonic() > deadline:
+                return got
+
+    # a permanent neighbour outlives the carrier (a learned one is flushed when the carrier goes)
+    mac = ipj(node.peer, "link", "show", "r0")[0]["address"]
+    node.lab.run(node.node, "ip", "neigh", "replace", "192.0.2.1", "lladdr", mac, "dev", "up0", "nud", "permanent")
+    node.lab.run(node.peer, "ip", "link", "set", "r0", "down")
+    wait_for(lambda: "NO-CARRIER" in ipj(node.node, "link", "show", "up0")[0]["flags"], what="up0 to lose its carrier")
+    with host_routing(node, [a], uplinks=["up0"]) as hr:
+        before = hr.counters()
+        send(node.lab, a[0], REMOTE4, 5401, 41021, 20)
+        assert delta(hr, before)["to_uplink"] >= 20
+    send(node.lab, a[0], REMOTE4, 5401, 41022, 20)  # the control: the same drop, the stack forwarding
+    fast, stack = flow(41021, 20), flow(41022, 20)
+    where = {(s.key.netns, s.key.ifindex) for s in fast + stack}
+    assert where == {(inode(node.node), up0)}, (fast, stack)
+    assert {s.key.reason for s in fast} == {s.key.reason for s in stack}, (fast, stack)
+    assert sum(s.packets for s in fast) == sum(s.packets for s in stack) == 20
+
+
+READYZ = """
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=5)
+    print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def test_moord_that_cannot_load_host_routing_says_why_once_and_pods_use_the_stack(node: Node, tmp_path: Path):
+    """On by default; where the program cannot load (here: moord without CAP_BPF, CAP_SYS_ADMIN and
+    CAP_PERFMON, so the kernel refuses bpf() as on a node whose kernel lacks the support), one
+    warning names the reason, /readyz says ready, no filter is attached and the pods talk through
+    the normal stack."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    a, b = node.add_pod("pa"), node.add_pod("pb")
+    drop = "-bpf,-sys_admin,-perfmon"
+    agent = start_moord(node, tmp_path, wrap=(setpriv, "--bounding-set", drop, "--inh-caps", drop),
+                        metrics_port=9477)
+    try:
+        wait_for(lambda: host_routing_lines(tmp_path), timeout=60, what="moord's host routing")
+        lines = host_routing_lines(tmp_path)
+        assert len(lines) == 1 and "host routing off: " in lines[0] and "normal stack" in lines[0], lines
+        assert "WARNING" in lines[0] and "the kernel refused bpf(): Operation not permitted" in lines[0], lines
+        status, body = node.lab.run(node.node, sys.executable, "-c", READYZ, "9477").stdout.decode().split(" ", 1)
+        doc = json.loads(body)
+        comp = next(c for c in doc["components"] if c["name"] == "hostRouting")
+        assert status == "200" and doc["status"] == "ready" and not comp["ok"] and comp["detail"], doc
+        assert agent.poll() is None
+        assert [tc_filters(node, p[3]) for p in (a, b)] == [[], []]
+        fwd = node.forwarded()
+        assert node.lab.ping(a[0], b[1]) and node.lab.ping(b[0], a[2])
+        assert node.forwarded() - fwd >= 4  # the stack forwarded them
+    finally:
+        stop(agent, signal.SIGINT)
+
+
+def test_moord_follows_a_route_mtu_metric_set_after_it_attached(node: Node, tmp_path: Path):
+    """moord's loop reads the route MTU events: a metric put on the route to REMOTE4/6 while the
+    fast path runs makes the node answer frag needed / packet too big, as the stack alone does."""
+    a = node.add_pod("pa")
+    agent = start_moord(node, tmp_path)
+    try:
+        wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
+                 what="moord's host routing")
+        if not tc_filters(node, a[3]):
+            pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+        for dst in (REMOTE4, REMOTE6):
+            assert node.lab.ping(a[0], dst)
+            assert df_probe(node, a[0], dst)[0] == "ECONNREFUSED"  # the control: 1428 bytes fit
+        node.lab.run(node.node, "ip", "route", "replace", f"{REMOTE4}/32", "via", "192.0.2.1", "mtu", "1280")
+        node.lab.run(node.node, "ip", "-6", "route", "replace", f"{REMOTE6}/128", "via", "2001:db8:1::1", "mtu",
+                     "1280")
+        wait_for(lambda: any("4 route MTU bound(s)" in l for l in host_routing_lines(tmp_path)),
+                 what="moord to apply the metric routes")
+        assert too_big(node, a[0], REMOTE4) and too_big(node, a[0], REMOTE6)
+    finally:
+        stop(agent, signal.SIGINT)

@@ -36,6 +36,8 @@ def test_good_config():
     assert [str(b) for b in c.advertise_blocks] == ["203.0.113.0/26"]
     # graceful restart starts off: R and F are decided by the agent at start, never configured
     assert not c.local.restarted and not c.local.forwarding
+    # eBPF host routing is on unless turned off (moord falls back to the stack when it cannot load)
+    assert c.host_routing.enabled and c.host_routing.uplinks == []
 
 
 def full(tmp: Path) -> dict:
