@@ -5,6 +5,8 @@ on the machine hits all alike:
   macvlan: Go macvlan + host-local (the reference); moor + host-local and moor + moor-ipam, each
            alone (the executable does the work) and through moord (the fast path, cni/entry.py)
   routed:  Go ptp + host-local (the reference); moor bgp + host-local and + moor-ipam, alone and agent
+  "... agent C": the fast path through the C client (cni/client.c, as `moor install` puts it in the
+           CNI bin dir where a C compiler exists), not paying for an interpreter start
 Then 100 pods at concurrency 8, ADD and DEL throughput, the reference and moor both ways, repeated.
 
 A pod lives --age seconds (default 0.1) between its ADD and its DEL. Deleting a veth costs the kernel
@@ -35,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cni.client import build  # noqa: E402
 from cni.install import write_launcher  # noqa: E402
 from dataplane.nslab import Lab  # noqa: E402
 
@@ -90,6 +93,11 @@ def main() -> int:
     cni_bin = tmp / "bin"
     launcher = str(write_launcher(cni_bin, "moor"))
     write_launcher(cni_bin, "moor-ipam")
+    # the C client (cni/client.c), handing what it cannot do to the Python launcher, as installed
+    client = str(cni_bin / "moor-c")
+    why = build(Path(client), launcher)
+    if why:
+        print(f"the C client is not measured: {why}")
     for p in Path(REF).iterdir():
         os.symlink(p, cni_bin / p.name)
     sock = str(tmp / "cni.sock")
@@ -120,6 +128,7 @@ def main() -> int:
             "moor+host-local agent": (launcher, moor("m2", "macvlan", host_local("m2"), True)),
             "moor+moor-ipam alone": (launcher, moor("m3", "macvlan", moor_ipam("m3", nets[0]), False)),
             "moor+moor-ipam agent": (launcher, moor("m4", "macvlan", moor_ipam("m4", nets[0]), True)),
+            "moor+moor-ipam agent C": (client, moor("m5", "macvlan", moor_ipam("m5", nets[0]), True)),
         },
         "routed": {
             "go ptp+host-local": (f"{REF}/ptp", {"cniVersion": "1.0.0", "name": "bptp", "type": "ptp",
@@ -128,8 +137,13 @@ def main() -> int:
             "moor bgp+host-local agent": (launcher, moor("r2", "bgp", host_local("r2", nets[2]), True)),
             "moor bgp+moor-ipam alone": (launcher, moor("r3", "bgp", moor_ipam("r3", nets[2]), False)),
             "moor bgp+moor-ipam agent": (launcher, moor("r4", "bgp", moor_ipam("r4", nets[2]), True)),
+            "moor bgp+moor-ipam agent C": (client, moor("r5", "bgp", moor_ipam("r5", nets[2]), True)),
         },
     }
+    if why:
+        for vs in groups.values():
+            for name in [n for n in vs if n.endswith(" C")]:
+                del vs[name]
     times = {g: {v: {"ADD": [], "DEL": []} for v in vs} for g, vs in groups.items()}
     conc: dict[str, dict[str, list[float]]] = {}
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -168,6 +182,8 @@ def main() -> int:
                      "moor+host-local alone": groups["macvlan"]["moor+host-local alone"],
                      "moor+host-local agent": groups["macvlan"]["moor+host-local agent"],
                      "moor+moor-ipam agent": groups["macvlan"]["moor+moor-ipam agent"]}
+            if not why:
+                cvars["moor+moor-ipam agent C"] = groups["macvlan"]["moor+moor-ipam agent C"]
             conc = {v: {"ADD": [], "DEL": []} for v in cvars}
             for rep in range(a.reps):
                 names = list(cvars)

@@ -156,7 +156,9 @@ def main() -> int:
         from .plugin import main as plugin_main
         return plugin_main()
     reply = None
-    path = socket_path(stdin)
+    if os.environ.pop("MOOR_AGENT_INTERRUPTED", None) == "1":  # the C client's call went away (cni/client.c)
+        reply = finish_here(os.environ, stdin)
+    path = socket_path(stdin) if reply is None else ""
     if path:
         try:
             reply = call_agent(path, dict(os.environb), stdin)

@@ -16,6 +16,7 @@ PKGS=(
     iproute2 iputils-ping tcpdump procps iperf3 nftables conntrack
     containernetworking-plugins podman runc busybox-static etcd-server bird2 gobgpd frr
     mmdebstrap containerd systemd  # the image (deploy/image), its containerd test, the unit's systemd-analyze
+    gcc libc6-dev  # moor install builds the C CNI client (cni/client.c) with them; without, the Python client
 )
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # The VM back end (lab/vm.py, tests/vm): QEMU and its virtiofsd boot Debian's cloud kernel, which has

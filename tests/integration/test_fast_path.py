@@ -217,3 +217,90 @@ def test_agent_socket_key(net: MacvlanNet):
     # a socket path nobody listens on: the executable works alone, at once
     r = net.cni("ADD", net.conf(agentSocket=str(net.tmp / "nobody.sock")), env=TIMING)
     assert r.code == 0 and _in_process(r)
+
+
+# -- the C client (cni/client.c): the same exchange without an interpreter start --------------------
+@pytest.fixture
+def cclient(net: MacvlanNet) -> str:
+    """The C client built as `moor install` builds it, handing what it cannot do to the Python
+    launcher in the test's CNI_PATH (as PREFIX/bin/moor on a node)."""
+    from cni.client import build
+    exe = net.tmp / "cbin" / "moor"
+    why = build(exe, os.path.join(net.path, "moor"))
+    if why:
+        pytest.skip(f"the C client cannot be built here: {why}")
+    return str(exe)
+
+
+def test_the_c_client_answers_byte_for_byte_what_the_python_client_answers(net: MacvlanNet, cclient: str):
+    agent = Agent(net).start()
+    conf = net.conf(agentSocket=str(agent.sock),
+                    ipam={"type": "moor-ipam", "dataDir": str(net.tmp / "ipam"),
+                          "pools": [{"cidr": "192.0.2.0/24", "rangeStart": "192.0.2.10", "gateway": "192.0.2.1"}]})
+    seen = {}
+    for who, exe in (("c", cclient), ("py", None), ("c", cclient)):
+        add = net.cni("ADD", conf, args=_args("web-0"), env=TIMING, exe=exe)
+        assert add.code == 0 and not _in_process(add), (who, add.stdout, add.stderr)  # the agent did it
+        check = net.cni("CHECK", dict(conf, prevResult=add.json), args=_args("web-0"), exe=exe)
+        dele = net.cni("DEL", conf, args=_args("web-0"), env=TIMING, exe=exe)
+        assert dele.code == 0 and not _in_process(dele)
+        seen.setdefault(who, []).append((add.code, add.stdout, check.code, check.stdout, dele.code, dele.stdout))
+    assert seen["c"][0] == seen["py"][0] == seen["c"][1]
+    for command, c in (("ADD", dict(conf, mtu=9)), ("ADD", dict(conf, master="nope0")), ("VERSION", conf)):
+        out = {who: net.cni(command, c, args=_args("web-1"), exe=exe)
+               for who, exe in (("c", cclient), ("py", None))}
+        assert (out["c"].code, out["c"].stdout) == (out["py"].code, out["py"].stdout), (command, out)
+        assert out["c"].code == (0 if command == "VERSION" else 1)
+
+
+def test_the_c_client_hands_the_python_client_what_it_cannot_do(net: MacvlanNet, cclient: str):
+    # no agent on the socket: the Python client does the work, stdin replayed, same result
+    conf = net.conf(agentSocket=str(net.tmp / "nobody.sock"))
+    r = net.cni("ADD", conf, args=_args("web-2"), env=TIMING, exe=cclient)
+    assert r.code == 0 and _in_process(r), (r.stdout, r.stderr)
+    assert net.cni("DEL", conf, args=_args("web-2"), exe=cclient).code == 0
+    # agentSocket "" (off), and one only JSON can read (an escape): the Python client decides
+    for sock in ("", "\\/nowhere.sock"):
+        raw = json.dumps(net.conf(agentSocket="X")).replace('"X"', f'"{sock}"').encode()
+        r = net.cni("ADD", raw, args=_args("web-3"), env=TIMING, exe=cclient)
+        assert r.code == 0 and _in_process(r), (sock, r.stdout, r.stderr)
+        assert net.cni("DEL", raw, args=_args("web-3"), exe=cclient).code == 0
+    # arguments: an operator's command, not a CNI call
+    r = subprocess.run([cclient, "install", "--help"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"usage: moor install" in r.stdout, r
+    # an empty config: the Python client's error, byte for byte
+    outs = [subprocess.run([exe], capture_output=True, timeout=60, input=b"",
+                           env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_IFNAME": "eth0",
+                                "CNI_NETNS": net.pod("pod1"), "CNI_PATH": net.path, "PATH": os.environ["PATH"]})
+            for exe in (cclient, os.path.join(net.path, "moor"))]
+    assert outs[0].returncode == outs[1].returncode == 1 and outs[0].stdout == outs[1].stdout, outs
+
+
+def test_moord_killed_in_the_middle_of_a_c_client_add_leaves_it_complete(routed: MacvlanNet, cclient: str):
+    net = routed
+    agent = Agent(net).start()
+    conf = _routed(net, agent.sock)
+    pod = net.pod("pod1")
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": pod, "CNI_IFNAME": "eth0",
+           "CNI_PATH": net.path, "CNI_ARGS": _args("db-0"), "PATH": os.environ["PATH"],
+           "MOOR_PAUSE": "veth:3", **TIMING}
+    stdin = net.tmp / "stdin-c.json"
+    stdin.write_text(json.dumps(conf))
+    with open(stdin, "rb") as f:
+        client = subprocess.Popen(["ip", "netns", "exec", net.node, cclient], stdin=f, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env)
+    wait_for(lambda: any(l["ifname"].startswith("moor") for l in ipj(net.node, "link", "show")),
+             what="the agent's veth")
+    agent.stop(signal.SIGKILL)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, (out, err)
+    assert b" took " in err, "the Python client finished the call"
+    res = json.loads(out)
+    ip4 = next(i["address"].split("/")[0] for i in res["ips"] if ":" not in i["address"])
+    veths = [l["ifname"] for l in ipj(net.node, "link", "show") if l["ifname"].startswith("moor")]
+    assert veths == [res["interfaces"][0]["name"]]
+    assert [r["dst"] for r in ipj(net.node, "-4", "route", "show", "proto", "109")] == [ip4]
+    d = net.cni("DEL", conf, container_id="c1", args=_args("db-0"), exe=cclient)
+    assert d.code == 0, d.stdout
+    assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("moor")]
+    assert ipj(net.node, "route", "show", "proto", "109") == []
