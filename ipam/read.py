@@ -209,18 +209,39 @@ def snapshot_file(path: str) -> Snapshot:
     return snapshot(conf)
 
 
-def snapshot_dir(data_dir: str, network: Optional[str] = None) -> list[Snapshot]:
-    """Every network in an embedded store (netdiag without a network config): reservations only,
-    since pool sizes live in the network configs."""
+def pages_dir(data_dir: str, network: Optional[str] = None, node: str = "",
+              page_size: int = PAGE_SIZE) -> Iterator[Snapshot]:
+    """Every network in an embedded store (netdiag without a network config), a page at a time:
+    reservations only, since pool sizes live in the network configs. An error ends the walk."""
     from .store.sqlite import FILENAME, SQLiteStore
     where = f"{data_dir}/{FILENAME}"
     try:
         store = SQLiteStore(data_dir, readonly=True)
-        try:
-            by_net = store.read_all()
-        finally:
-            store.close()
     except CNIError as e:
-        return [Snapshot(network=network or "", where=where, error=e.msg)]
-    return [Snapshot(network=net, where=where, reservations=sorted(rows, key=_key))
-            for net, rows in sorted(by_net.items()) if network in (None, "", net)]
+        yield Snapshot(network=network or "", where=where, error=e.msg)
+        return
+    try:
+        nets = [network] if network else store.networks()
+        for net in nets:
+            after = ""
+            while True:
+                try:
+                    rows, after = store.read_page(net, after, page_size, node=node)
+                except CNIError as e:
+                    yield Snapshot(network=net, where=where, error=e.msg)
+                    return
+                yield Snapshot(network=net, where=where, reservations=sorted(rows, key=_key))
+                if not after:
+                    break
+    finally:
+        store.close()
+
+
+def snapshot_dir(data_dir: str, network: Optional[str] = None, node: str = "") -> list[Snapshot]:
+    """Like pages_dir(), one snapshot a network."""
+    out: dict[str, Snapshot] = {}
+    for p in pages_dir(data_dir, network, node):
+        snap = out.setdefault(p.network, Snapshot(network=p.network, where=p.where))
+        snap.reservations += p.reservations
+        snap.error = snap.error or p.error
+    return list(out.values())

@@ -214,16 +214,12 @@ class SQLiteStore:
         page = [r for r in decode_rows(network, rows, quiet=True)[0].values() if not node or r.node == node]
         return page, (rows[-1][0] if more else "")
 
-    def read_all(self) -> dict[str, list[Reservation]]:
-        """Every network's reservations (netdiag without a network config)."""
+    def networks(self) -> list[str]:
+        """The networks that have reservations (from the primary key's index, no row decoded)."""
         try:
-            rows = self.db.execute("SELECT network, ip, data FROM reservations").fetchall()
+            return [r[0] for r in self.db.execute("SELECT DISTINCT network FROM reservations ORDER BY network")]
         except sqlite3.Error as e:
             raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
-        by_net: dict[str, list] = {}
-        for net, ip, data in rows:
-            by_net.setdefault(net, []).append((ip, data))
-        return {net: list(decode_rows(net, r, quiet=True)[0].values()) for net, r in by_net.items()}
 
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
         if self.readonly:
