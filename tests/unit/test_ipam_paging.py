@@ -106,18 +106,24 @@ def test_sqlite_pages_every_reservation_once_in_address_order(tmp_path):
 
 
 def test_sqlite_page_query_uses_the_ipkey_index(tmp_path):
-    _sqlite(tmp_path, _rows(10))
-    db = sqlite3.connect(tmp_path / FILENAME)
+    _sqlite(tmp_path, _rows(300))
+    s = SQLiteStore(str(tmp_path), readonly=True)
     try:
-        for extra in ("", " AND node = ?"):
-            args = ("pg", "4:0", "n1")[:3 if extra else 2]
-            plan = " ".join(r[3] for r in db.execute(
-                f"EXPLAIN QUERY PLAN SELECT ip, data, ipkey FROM reservations WHERE network = ? AND ipkey > ?{extra} "
-                "ORDER BY ipkey LIMIT ?", (*args, 100)))
-            assert "USING INDEX rsv_ipkey (network=? AND ipkey>?)" in plan, plan
-            assert "TEMP B-TREE" not in plan, plan  # the index gives the order: no sort of the network
+        for node in ("", "n1"):
+            seen: list[str] = []
+            s.db.set_trace_callback(seen.append)  # the statements as SQLite runs them, values bound
+            s.read_page("pg", "", 100, node=node)
+            s.read_page("pg", "6:" + "0" * 32, 100, node=node)
+            s.db.set_trace_callback(None)
+            pages = [q for q in seen if "ORDER BY ipkey" in q]
+            assert len(pages) == 2 and all("ipkey >" in q and "LIMIT" in q for q in pages), seen
+            assert ("node =" in pages[0]) == bool(node)
+            for q in pages + [q for q in seen if "ipkey IS NULL" in q]:
+                plan = " ".join(r[3] for r in s.db.execute("EXPLAIN QUERY PLAN " + q))
+                assert "USING INDEX rsv_ipkey (network=? AND ipkey" in plan, (q, plan)
+                assert "TEMP B-TREE" not in plan and "SCAN" not in plan, (q, plan)  # no sort, no table walk
     finally:
-        db.close()
+        s.close()
 
 
 def test_sqlite_unindexed_rows_are_listed_once_and_shadow_their_ip(tmp_path):
