@@ -28,7 +28,7 @@ class Sample:
     advertised: int
     learned: list
     table: dict  # the route watch's and the Fib's counters
-    ipam: tuple
+    ipam: tuple  # (pool usage, error)
     drops: tuple
     pods: tuple
     sessions: tuple
@@ -51,9 +51,8 @@ def table_counters(v: AgentView) -> dict:
 
 async def sample(v: AgentView) -> Sample:
     on_loop = (v.health(), v.peers(), len(v.advertised()), v.learned(), table_counters(v))
-    ipam = await asyncio.to_thread(v.ipam)
-    return Sample(*on_loop, ipam=ipam, drops=await asyncio.to_thread(v.drop_snapshot),
-                  pods=await asyncio.to_thread(v.pods, ipam[0]), sessions=await asyncio.to_thread(v.session_snapshot))
+    return Sample(*on_loop, ipam=await asyncio.to_thread(v.ipam_usage), drops=await asyncio.to_thread(v.drop_snapshot),
+                  pods=await asyncio.to_thread(v.pods), sessions=await asyncio.to_thread(v.session_snapshot))
 
 
 class Collector:
@@ -90,7 +89,7 @@ class Collector:
         for name, (text, value) in v.table.items():
             yield CounterMetricFamily(name.removesuffix("_total"), text, value=value)
 
-        _rows, pools, err = v.ipam
+        pools, err = v.ipam
         if not err:
             ipam = GaugeMetricFamily("moor_ipam_addresses", "addresses by pool and state", labels=["pool", "state"])
             size = GaugeMetricFamily("moor_ipam_pool_size", "usable addresses in the pool", labels=["pool"])

@@ -99,38 +99,66 @@ class AgentView:
                                                                       key=lambda kv: (kv[0].version, kv[0]))]
 
     # -- IPAM ----------------------------------------------------------------------------------
-    def ipam(self) -> tuple[list, list[tuple[str, int, int, int]], str]:
-        """(reservations, [(pool cidr, usable size, active, held)], error), read-only through
-        ipam.read: a locked or broken store is reported, never fatal to a scrape."""
+    def _ipam_conf(self):
+        """The network's IPAM config, or a Snapshot saying why there is none (ipam.read)."""
+        from ipam.read import Snapshot, read_netconf
         if not self.ipam_config:
-            return [], [], "no ipam.config in moord's config: reservations are not visible"
-        from ipam.read import snapshot_file
-        snap = snapshot_file(self.ipam_config)
-        # corrupt records are rows like any other (state "corrupt"): in use, shown, never fatal
-        return snap.reservations, [(p.cidr, p.size, p.active, p.held) for p in snap.pools], snap.error
+            return Snapshot(error="no ipam.config in moord's config: reservations are not visible")
+        try:
+            return read_netconf(self.ipam_config)[1]
+        except ValueError as e:
+            return Snapshot(where=self.ipam_config, error=str(e))
 
-    def pods(self, rows: list | None = None) -> tuple[dict, dict]:
-        """netns inode -> PodRef and netns cookie -> PodRef, from the IPAM reservations (cached 5 s;
-        `rows`: reservations the caller has just read, so the store is not read twice)."""
+    def ipam_page(self, token: str = "", size: int = 1000, node: str = "") -> tuple[list, list, str, str]:
+        """(reservations, [(pool cidr, usable size, active, held)] of this page only, error, next
+        token ("" when done)): one page read-only through ipam.read, so a reply stays small
+        however big the network; a locked or broken store is reported, never fatal."""
+        from ipam.read import Snapshot, page
+        conf = self._ipam_conf()
+        if isinstance(conf, Snapshot):
+            return [], [], conf.error, ""
+        snap, nxt = page(conf, token, size, node)
+        # corrupt records are rows like any other (state "corrupt"): in use, shown, never fatal
+        return snap.reservations, [(p.cidr, p.size, p.active, p.held) for p in snap.pools], snap.error, nxt
+
+    def ipam_usage(self) -> tuple[list[tuple[str, int, int, int]], str]:
+        """Pool usage of the whole network (metrics), summed page by page: never all rows at once."""
+        from ipam.read import Snapshot, add_usage, pages
+        conf = self._ipam_conf()
+        if isinstance(conf, Snapshot):
+            return [], conf.error
+        total: list = []
+        err = ""
+        for snap in pages(conf):
+            total, err = add_usage(total, snap.pools), err or snap.error
+        return [(p.cidr, p.size, p.active, p.held) for p in total], err
+
+    def pods(self) -> tuple[dict, dict]:
+        """netns inode -> PodRef and netns cookie -> PodRef of this node's pods, from its IPAM
+        reservations (cached 5 s): only the node's own (named as moor-ipam names it), a page at a
+        time, so a node of a big network reads its pods, not the network."""
         at, by_ino, by_cookie = self._pods
         if time.monotonic() - at < 5:
             return by_ino, by_cookie
         by_ino, by_cookie = {}, {}
-        if rows is None:
-            rows, _pools, _err = self.ipam()
         cookie = None
         if self.sessions is not None:
             from .probe.sessions import netns_cookie as cookie
-        for r in rows:
-            if not r.netns or not r.pod:
-                continue
-            ref = PodRef(r.pod, r.netns)
-            try:
-                by_ino[os.stat(r.netns).st_ino] = ref
-                if cookie is not None:
-                    by_cookie[cookie(r.netns)] = ref
-            except OSError:
-                continue  # the pod's netns is gone
+        from ipam.read import Snapshot, pages
+        conf = self._ipam_conf()
+        if not isinstance(conf, Snapshot):
+            from ipam.collect import node_name
+            for snap in pages(conf, node=node_name(os.environ, conf)):
+                for r in snap.reservations:
+                    if not r.netns or not r.pod:
+                        continue
+                    ref = PodRef(r.pod, r.netns)
+                    try:
+                        by_ino[os.stat(r.netns).st_ino] = ref
+                        if cookie is not None:
+                            by_cookie[cookie(r.netns)] = ref
+                    except OSError:
+                        continue  # the pod's netns is gone
         self._pods = (time.monotonic(), by_ino, by_cookie)
         return by_ino, by_cookie
 

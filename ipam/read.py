@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from cni.errors import CNIError
 
 from .config import IPAMConf, Pool, parse
-from .reservation import ACTIVE, CORRUPT, HELD, Reservation
+from .reservation import ACTIVE, CORRUPT, HELD, Reservation, merge
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Iterator, Optional
 
 
 @dataclass
@@ -115,25 +115,87 @@ def _key(r: Reservation) -> tuple:
         return (9, 0, r.ip)
 
 
-def snapshot(conf: IPAMConf) -> Snapshot:
-    """The network's reservations and pool usage, from its store, read-only."""
-    from .store import open_store
-    snap = Snapshot(network=conf.network)
+PAGE_SIZE = 1000
+
+
+def _where(conf: IPAMConf) -> str:
     if conf.etcd_endpoints:
-        snap.where = f"etcd {', '.join(conf.etcd_endpoints)} {conf.etcd_prefix}/{conf.network}"
-    else:
-        from .store.sqlite import FILENAME
-        snap.where = f"{conf.data_dir}/{FILENAME}"
+        return f"etcd {', '.join(conf.etcd_endpoints)} {conf.etcd_prefix}/{conf.network}"
+    from .store.sqlite import FILENAME
+    return f"{conf.data_dir}/{FILENAME}"
+
+
+def _error(e: Exception, where: str) -> str:
+    if isinstance(e, CNIError):
+        return e.msg + (f" ({e.details})" if e.details else "")
+    return f"reading {where}: {e.__class__.__name__}: {e}"
+
+
+def page(conf: IPAMConf, after: str = "", limit: int = PAGE_SIZE, node: str = "", store=None) -> tuple[Snapshot, str]:
+    """One page of the network's reservations after the cursor `after` (the store's; "" from the
+    start), sorted by address, with the pool usage of this page only, and the next cursor ("" when
+    done, or on an error, which is in the snapshot). `node`: that node's reservations only."""
+    snap = Snapshot(network=conf.network, where=_where(conf))
+    nxt = ""
+    try:
+        own = store is None
+        if own:
+            from .store import open_store
+            store = open_store(conf, readonly=True)
+        try:
+            rows, nxt = store.read_page(conf.network, after, limit, node=node)
+            snap.reservations = sorted(rows, key=_key)
+        finally:
+            if own:
+                store.close()
+    except Exception as e:  # noqa: BLE001 - a reader reports, it never takes its caller down
+        snap.error, nxt = _error(e, snap.where), ""
+    snap.pools = pool_usage(conf, snap.reservations)
+    return snap, nxt
+
+
+def pages(conf: IPAMConf, node: str = "", page_size: int = PAGE_SIZE) -> Iterator[Snapshot]:
+    """The network's reservations a page at a time (at least one page, maybe empty; an error ends
+    the walk in its page). Each page's pool usage counts that page only: the caller sums. What a
+    walk holds is one page; what it sees is a listing, not one transaction (see the stores'
+    read_page)."""
+    from .store import open_store
     try:
         store = open_store(conf, readonly=True)
-        try:
-            snap.reservations = sorted(store.read(conf.network), key=_key)
-        finally:
-            store.close()
-    except CNIError as e:
-        snap.error = e.msg + (f" ({e.details})" if e.details else "")
-    except Exception as e:  # noqa: BLE001 - a reader reports, it never takes its caller down
-        snap.error = f"reading {snap.where}: {e.__class__.__name__}: {e}"
+    except Exception as e:  # noqa: BLE001
+        where = _where(conf)
+        yield Snapshot(network=conf.network, where=where, error=_error(e, where),
+                       pools=pool_usage(conf, []))
+        return
+    try:
+        after = ""
+        while True:
+            snap, after = page(conf, after, page_size, node, store=store)
+            yield snap
+            if not after:
+                return
+    finally:
+        store.close()
+
+
+def add_usage(total: list[PoolUsage], more: list[PoolUsage]) -> list[PoolUsage]:
+    """Pool usage of pages summed (the same pools, in order)."""
+    if not total:
+        return [PoolUsage(p.cidr, p.size, p.active, p.held, p.corrupt) for p in more]
+    for t, p in zip(total, more):
+        t.active, t.held, t.corrupt = t.active + p.active, t.held + p.held, t.corrupt + p.corrupt
+    return total
+
+
+def snapshot(conf: IPAMConf, node: str = "") -> Snapshot:
+    """The network's reservations and pool usage, from its store, read-only (every page)."""
+    snap = Snapshot(network=conf.network, where=_where(conf))
+    records: dict[str, Reservation] = {}
+    for p in pages(conf, node=node):
+        for r in p.reservations:
+            merge(records, r)  # an IP listed twice (a stray key in another page): one row, corrupt first
+        snap.error = snap.error or p.error
+    snap.reservations = sorted(records.values(), key=_key)
     snap.pools = pool_usage(conf, snap.reservations)
     return snap
 
@@ -147,18 +209,39 @@ def snapshot_file(path: str) -> Snapshot:
     return snapshot(conf)
 
 
-def snapshot_dir(data_dir: str, network: Optional[str] = None) -> list[Snapshot]:
-    """Every network in an embedded store (netdiag without a network config): reservations only,
-    since pool sizes live in the network configs."""
+def pages_dir(data_dir: str, network: Optional[str] = None, node: str = "",
+              page_size: int = PAGE_SIZE) -> Iterator[Snapshot]:
+    """Every network in an embedded store (netdiag without a network config), a page at a time:
+    reservations only, since pool sizes live in the network configs. An error ends the walk."""
     from .store.sqlite import FILENAME, SQLiteStore
     where = f"{data_dir}/{FILENAME}"
     try:
         store = SQLiteStore(data_dir, readonly=True)
-        try:
-            by_net = store.read_all()
-        finally:
-            store.close()
     except CNIError as e:
-        return [Snapshot(network=network or "", where=where, error=e.msg)]
-    return [Snapshot(network=net, where=where, reservations=sorted(rows, key=_key))
-            for net, rows in sorted(by_net.items()) if network in (None, "", net)]
+        yield Snapshot(network=network or "", where=where, error=e.msg)
+        return
+    try:
+        nets = [network] if network else store.networks()
+        for net in nets:
+            after = ""
+            while True:
+                try:
+                    rows, after = store.read_page(net, after, page_size, node=node)
+                except CNIError as e:
+                    yield Snapshot(network=net, where=where, error=e.msg)
+                    return
+                yield Snapshot(network=net, where=where, reservations=sorted(rows, key=_key))
+                if not after:
+                    break
+    finally:
+        store.close()
+
+
+def snapshot_dir(data_dir: str, network: Optional[str] = None, node: str = "") -> list[Snapshot]:
+    """Like pages_dir(), one snapshot a network."""
+    out: dict[str, Snapshot] = {}
+    for p in pages_dir(data_dir, network, node):
+        snap = out.setdefault(p.network, Snapshot(network=p.network, where=p.where))
+        snap.reservations += p.reservations
+        snap.error = snap.error or p.error
+    return list(out.values())

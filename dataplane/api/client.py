@@ -1,6 +1,8 @@
 """A small synchronous client of moord's API, for netdiag and scripts."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import grpc
 
 from . import moor_pb2 as pb
@@ -28,6 +30,19 @@ class AgentClient:
 
     def health(self) -> pb.HealthReply:
         return self.call("Health")
+
+    def ipam_pages(self, page_size: int = 0, node: str = "") -> Iterator[pb.IpamReply]:
+        """The agent's Ipam replies page by page until the last (each reply's pool usage counts its
+        own page: sum them). An error reply ends the walk."""
+        token = ""
+        while True:
+            r = self.call("Ipam", pb.IpamRequest(page_size=page_size, page_token=token, node=node))
+            yield r
+            if r.error or not r.next_page_token:
+                return
+            if r.next_page_token == token:  # an agent that does not move on would loop forever
+                raise AgentUnavailable(f"moord's API: Ipam returned the page token {token!r} again")
+            token = r.next_page_token
 
     def sessions(self, full: bool = False) -> pb.SessionsReply:
         return self.call("Sessions", pb.SessionsRequest(list=full))

@@ -51,7 +51,7 @@ class AgentStub:
                 _registered_method=True)
         self.Ipam = channel.unary_unary(
                 '/moor.v1.Agent/Ipam',
-                request_serializer=dataplane_dot_api_dot_moor__pb2.Empty.SerializeToString,
+                request_serializer=dataplane_dot_api_dot_moor__pb2.IpamRequest.SerializeToString,
                 response_deserializer=dataplane_dot_api_dot_moor__pb2.IpamReply.FromString,
                 _registered_method=True)
         self.Drops = channel.unary_unary(
@@ -88,7 +88,8 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Ipam(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """a page at a time: follow next_page_token
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -125,7 +126,7 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'Ipam': grpc.unary_unary_rpc_method_handler(
                     servicer.Ipam,
-                    request_deserializer=dataplane_dot_api_dot_moor__pb2.Empty.FromString,
+                    request_deserializer=dataplane_dot_api_dot_moor__pb2.IpamRequest.FromString,
                     response_serializer=dataplane_dot_api_dot_moor__pb2.IpamReply.SerializeToString,
             ),
             'Drops': grpc.unary_unary_rpc_method_handler(
@@ -245,7 +246,7 @@ class Agent:
             request,
             target,
             '/moor.v1.Agent/Ipam',
-            dataplane_dot_api_dot_moor__pb2.Empty.SerializeToString,
+            dataplane_dot_api_dot_moor__pb2.IpamRequest.SerializeToString,
             dataplane_dot_api_dot_moor__pb2.IpamReply.FromString,
             options,
             channel_credentials,

@@ -32,6 +32,9 @@ def _version() -> str:
 
 
 _VERSION = _version()
+# reservations a page of Ipam: a reservation is ~150 bytes in a reply, so even the largest page
+# stays under grpc's 4 MiB default message limit for clients that keep it
+PAGE_SIZE, MAX_PAGE_SIZE = 1000, 5000
 
 class AgentService(rpc.AgentServicer):
     def __init__(self, view: AgentView):
@@ -55,8 +58,9 @@ class AgentService(rpc.AgentServicer):
                                           for p, h, i in self.view.learned()])
 
     async def Ipam(self, request, context):
-        rows, pools, err = await asyncio.to_thread(self.view.ipam)
-        return pb.IpamReply(error=err,
+        size = min(request.page_size or PAGE_SIZE, MAX_PAGE_SIZE)
+        rows, pools, err, nxt = await asyncio.to_thread(self.view.ipam_page, request.page_token, size, request.node)
+        return pb.IpamReply(error=err, next_page_token=nxt,
                             reservations=[pb.Reservation(ip=r.ip, pool=r.pool, key=r.identity, pod=r.pod,
                                                          container_id=r.container_id, state=r.state) for r in rows],
                             pools=[pb.PoolUsage(cidr=c, size=n, active=a, held=h) for c, n, a, h in pools])

@@ -3,6 +3,8 @@ sessions, BGP peers and routes, IPAM reservations). Kernel counters and pods com
 source (cli.CombinedSource puts the two together)."""
 from __future__ import annotations
 
+import ipaddress
+
 from dataplane.api import moor_pb2 as pb
 from dataplane.api.client import AgentClient
 
@@ -54,11 +56,20 @@ class AgentSource:
                        learned=[RouteInfo(prefix=r.prefix, next_hops=list(r.next_hops), installed=r.installed)
                                 for r in routes.learned])
 
-    def ipam(self) -> IpamView:
-        r = self.client.call("Ipam")
-        return IpamView(reservations=[reservation(x) for x in r.reservations],
-                        pools=[PoolUsage(cidr=p.cidr, size=p.size, active=p.active, held=p.held) for p in r.pools],
-                        where="moord", error=r.error)
+    def ipam(self, node: str = "") -> IpamView:
+        """Every page of the agent's reservations (`node`: that node's); each page's pool usage
+        counts its own rows, summed here."""
+        view = IpamView(where="moord")
+        usage: dict[str, PoolUsage] = {}
+        for r in self.client.ipam_pages(node=node):
+            view.reservations += [reservation(x) for x in r.reservations]
+            for p in r.pools:
+                u = usage.setdefault(p.cidr, PoolUsage(cidr=p.cidr, size=p.size))
+                u.active, u.held = u.active + p.active, u.held + p.held
+            view.error = view.error or r.error
+        view.pools = list(usage.values())
+        view.reservations.sort(key=_by_address)  # etcd's pages come in key order
+        return view
 
     def _note(self, text: str) -> None:
         if text not in self._notes:
@@ -74,3 +85,11 @@ class AgentSource:
                 if not c.ok and not c.name.startswith("probe") and c.name != "bgp"]
         return out + [n for n in self._notes
                       if not any(c.detail and n.endswith(c.detail) for c in self.health.components)]
+
+
+def _by_address(r) -> tuple:
+    try:
+        a = ipaddress.ip_address(r.ip)
+        return (a.version, int(a))
+    except ValueError:
+        return (9, 0)

@@ -15,6 +15,7 @@ Options (before or after the command): --json (a document for scripts), --watch 
 until Ctrl-C), --interval SECONDS (sample twice: rates), --netns NAME (repeatable: "host", a name
 in /run/netns or a path; default: this netns, every named netns and every pod netns of the CNI
 records), --cni-state-dir, --ipam-dir, --ipam-config, --source auto|kernel|agent.
+ipam also takes --node NAME (only that node's reservations; the store is read a page at a time).
 doctor also takes --pod NAMESPACE/NAME (its namespaces, like --netns) and --since DURATION (only
 drops the probe saw within it: 90, 90s, 5m, 2h). With --netns or --pod, findings about those
 namespaces rank first; the rest are listed after them, marked "elsewhere".
@@ -76,6 +77,12 @@ def _duration(text: str) -> float:
     return v
 
 
+def _node_ok(text: str) -> bool:
+    """A node name as moor-ipam records it (a Kubernetes node name or a host name)."""
+    return 0 < len(text) <= 253 and text[0].isalnum() and text[-1].isalnum() and \
+        all(c.isascii() and (c.isalnum() or c in "-._") for c in text)
+
+
 def _common(p: argparse.ArgumentParser, top: bool) -> None:
     """The shared options, on the main parser (real defaults) and on each command (SUPPRESS, so
     an option given before the command is not reset by the command's parser)."""
@@ -130,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
         if name in ("doctor", "pod"):
             p.add_argument("--since", type=_duration, metavar="DURATION",
                            help="only drops the probe saw within DURATION (90, 90s, 5m, 2h)")
+        if name == "ipam":
+            p.add_argument("--node", metavar="NAME",
+                           help="only this node's reservations (the name moor-ipam records: nodeName or NODE_NAME)")
         if name == "udp":
             p.add_argument("--all", action="store_true", help="every UDP socket, connected ones without drops too")
     return ap
@@ -149,12 +159,12 @@ class CombinedSource:
         self.agent, self.kernel = agent, kernel
         self.notes: list[str] = []
 
-    def _ask(self, method: str, fallback: Callable[[], Any]) -> Any:
+    def _ask(self, method: str, fallback: Callable[..., Any], *args: Any) -> Any:
         try:
-            return getattr(self.agent, method)()
+            return getattr(self.agent, method)(*args)
         except Exception as e:  # the agent went away mid-run: keep diagnosing from the kernel
             self.notes.append(f"the agent failed {method}: {e}; showing the kernel's view")
-            return fallback()
+            return fallback(*args)
 
     def counters(self):
         return self.kernel.counters()
@@ -177,8 +187,8 @@ class CombinedSource:
             view.kernel_routes = self.kernel.bgp().kernel_routes
         return view
 
-    def ipam(self):
-        return self._ask("ipam", self.kernel.ipam) if hasattr(self.agent, "ipam") else self.kernel.ipam()
+    def ipam(self, node: str = ""):
+        return self._ask("ipam", self.kernel.ipam, node) if hasattr(self.agent, "ipam") else self.kernel.ipam(node)
 
     def pod(self, namespace: str, name: str):
         return self.kernel.pod(namespace, name)
@@ -264,7 +274,8 @@ def _render(a: argparse.Namespace, src: Source, previous: Optional[Evidence]) ->
             return (r.to_json({"command": "bgp", "source": src.name, **r._jsonable(view)}) if a.json
                     else r.bgp_text(view, src.name)), None
         if cmd == "ipam":
-            view = src.ipam()
+            node = getattr(a, "node", None)
+            view = src.ipam(node) if node else src.ipam()
             return (r.to_json({"command": "ipam", "source": src.name, **r._jsonable(view)}) if a.json
                     else r.ipam_text(view, src.name)), None
         ns, _, name = a.pod.partition("/")
@@ -306,6 +317,10 @@ def _check(a: argparse.Namespace) -> None:
     for d, flag in ((a.cni_state_dir, "--cni-state-dir"), (a.ipam_dir, "--ipam-dir")):
         if d and os.path.exists(d) and not os.path.isdir(d):
             raise UsageError(f"{flag} {d!r} is not a directory")
+    node = getattr(a, "node", None)
+    if node is not None and not _node_ok(node):
+        raise UsageError(f"--node {node!r} is not a node name (letters, digits, '-', '.', '_'; at most 253, "
+                         f"starting and ending with a letter or digit)")
     if a.ipam_config and not os.path.isfile(a.ipam_config):
         raise UsageError(f"--ipam-config {a.ipam_config!r} does not exist")
 

@@ -329,7 +329,7 @@ class Source(Protocol):
 
     def bgp(self) -> BgpView: ...
 
-    def ipam(self) -> IpamView: ...
+    def ipam(self, node: str = "") -> IpamView: ...  # node: only that node's reservations
 
     def pod(self, namespace: str, name: str) -> PodView: ...  # LookupError naming it when unknown
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .. import counters as kc
 from ..counters import Snapshot
@@ -155,10 +155,10 @@ class KernelSource:
         view.kernel_routes.sort(key=lambda r: (r.proto, r.prefix))
         return view
 
-    def ipam(self) -> IpamView:
+    def ipam(self, node: str = "") -> IpamView:
         if self.ipam_config:
-            return read_ipam_config(self.ipam_config)
-        return read_ipam_dir(self.ipam_dir)
+            return read_ipam_config(self.ipam_config, node)
+        return read_ipam_dir(self.ipam_dir, node=node)
 
     def pod(self, namespace: str, name: str) -> PodView:
         key = f"{namespace}/{name}"
@@ -291,27 +291,41 @@ def neighbours(names: dict) -> list[str]:
 # IPAM, read-only
 
 
-def _ipam_view(snaps: list) -> IpamView:
-    view = IpamView(where=snaps[0].where if snaps else "", error="; ".join(s.error for s in snaps if s.error))
+def _ipam_view(snaps: Iterable) -> IpamView:
+    """Pages of ipam.read snapshots as one view: their reservations, their pool usage summed."""
+    view = IpamView()
+    errors: list[str] = []
+    usage: dict[tuple[str, str], PoolUsage] = {}
     for snap in snaps:
+        view.where = view.where or snap.where
+        if snap.error:
+            errors.append(snap.error)
         view.reservations += [reservation(r, snap.network) for r in snap.reservations]
-        view.pools += [PoolUsage(cidr=p.cidr, size=p.size, active=p.active, held=p.held) for p in snap.pools]
+        for p in snap.pools:  # each page counts its own rows
+            u = usage.setdefault((snap.network, p.cidr), PoolUsage(cidr=p.cidr, size=p.size))
+            u.active, u.held = u.active + p.active, u.held + p.held
+    view.error = "; ".join(errors)
+    view.pools = list(usage.values())
     view.reservations.sort(key=_ip_key)
     return view
 
 
-def read_ipam_dir(data_dir: str, network: str = "") -> IpamView:
-    """Every reservation in the embedded store of `data_dir`, read-only (ipam.read): netdiag never
-    takes the write lock the plugin needs."""
-    from ipam.read import snapshot_dir
-    return _ipam_view(snapshot_dir(data_dir, network or None))
+def read_ipam_dir(data_dir: str, network: str = "", node: str = "") -> IpamView:
+    """Every reservation in the embedded store of `data_dir` (`node`: that node's), read-only and
+    a page at a time (ipam.read): netdiag never takes the write lock the plugin needs."""
+    from ipam.read import pages_dir
+    return _ipam_view(pages_dir(data_dir, network or None, node))
 
 
-def read_ipam_config(config: str) -> IpamView:
-    """The reservations of the network a moor-ipam config file names, from its store (the embedded
-    one read-only, or etcd), with the usage of its pools (ipam.read)."""
-    from ipam.read import snapshot_file
-    return _ipam_view([snapshot_file(config)])
+def read_ipam_config(config: str, node: str = "") -> IpamView:
+    """The reservations of the network a moor-ipam config file names (`node`: that node's), from
+    its store (the embedded one read-only, or etcd) a page at a time, with the usage of its pools."""
+    from ipam.read import Snapshot, pages, read_netconf
+    try:
+        _doc, conf = read_netconf(config)
+    except ValueError as e:
+        return _ipam_view([Snapshot(where=config, error=str(e))])
+    return _ipam_view(pages(conf, node=node))
 
 
 def _ip_key(r: ReservationInfo) -> tuple:

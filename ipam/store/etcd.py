@@ -164,6 +164,71 @@ class EtcdStore:
         rows, _revs = self._range_ip(network)
         return list(decode_rows(network, rows, quiet=True)[0].values())
 
+    def read_page(self, network: str, after: str, limit: int, node: str = "") -> tuple[list[Reservation], str]:
+        """A page of the network's reservations after the cursor `after` ("": from the start) and
+        the cursor of the next page ("" when done); the cursor is the last key read, relative to
+        the network ("block/<cidr>" or "ip/<ip>"), and etcd orders keys bytewise, so pages come in
+        key order (192.0.2.128/26 before 192.0.2.64/26), each sorted by address.
+        Blocks: a page is whole blocks, as many as `limit` reservations fit when each is full (at
+        least one), read with one range request; `node`: the blocks its index (`node/<node>`)
+        names, keeping the records that name it. First layout: `limit` keys of `ip/`, `node`
+        filtered here (a page can come back empty with a cursor: go on).
+        A listing, not a transaction: a reservation written behind the cursor meanwhile is missed,
+        one moved ahead can be seen twice; a quiet store gives each exactly once."""
+        limit = max(1, limit)
+        lay, _rev = self.layout(network)
+        want = "block/" if lay == BLOCKS else "ip/"
+        if lay == MIGRATING:
+            raise CNIError(TRY_AGAIN_LATER, f"etcd: network {network} is being migrated to blocks: list it again after")
+        if after and not after.startswith(want):
+            raise CNIError(IO_FAILURE, f"etcd: network {network} changed layout during the listing: start it again")
+        if lay == BLOCKS:
+            n = max(1, limit // self._block_capacity())
+            return self._block_page(network, after, n, node)
+        kvs, more = self._range_after(network, want, after, limit)
+        rows = [(k[len(self._base(network)) + len(want):], v) for k, v in kvs]
+        page = [r for r in decode_rows(network, rows, quiet=True)[0].values() if not node or r.node == node]
+        return sorted(page, key=_addr), (kvs[-1][0][len(self._base(network)):] if more and kvs else "")
+
+    def _block_capacity(self) -> int:
+        """Addresses in the largest block of the network's pools (64 without a config)."""
+        pools = self.conf.pools if self.conf is not None else []
+        return max([1 << (p.cidr.max_prefixlen - p.block_prefix) for p in pools if p.block_prefix] or [64])
+
+    def _block_page(self, network: str, after: str, n: int, node: str) -> tuple[list[Reservation], str]:
+        base = self._base(network)
+        if node:  # the node's index names its blocks: read just those, n at a time, in key order
+            (idx,) = self._get([f"{base}node/{node}"])
+            cidrs = (decode_list(idx[0][1]) or []) if idx else []
+            keys = sorted({"block/" + c for c in cidrs}, key=lambda k: k.encode(errors="surrogateescape"))
+            keys = [k for k in keys if k.encode(errors="surrogateescape") > after.encode(errors="surrogateescape")]
+            got = self._get([base + k for k in keys[:n]]) if keys else []
+            kvs = [(k, v, rev) for rows in got for k, v, rev in rows]
+            nxt = keys[n - 1] if len(keys) > n else ""
+        else:
+            found, more = self._range_after(network, "block/", after, n, revs=True)
+            kvs = found
+            nxt = found[-1][0][len(base):] if more and found else ""
+        records: dict[str, Reservation] = {}
+        for k, v, rev in kvs:
+            for r in decode_block(network, k[len(base) + len("block/"):], rev, v, quiet=True).records.values():
+                if not node or r.node == node:
+                    merge(records, r)
+        return sorted(records.values(), key=_addr), nxt
+
+    def _range_after(self, network: str, sub: str, after: str, limit: int, revs: bool = False) -> tuple[list, bool]:
+        """Up to `limit` keys of `<network>/<sub>` after the relative key `after`, in one range
+        request, and whether more follow."""
+        base = self._base(network)
+        start = base + after + "\0" if after else base + sub  # the first key after the cursor
+        got = self._post("/v3/kv/range", {"key": _b64(start), "range_end": _range_end(base + sub), "limit": limit})
+        try:
+            kvs = [(_unb64(kv["key"]), base64.b64decode(kv.get("value", "")), kv.get("mod_revision", "0"))
+                   for kv in got.get("kvs") or []]
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise CNIError(IO_FAILURE, f"etcd returned an unreadable answer: {e}") from e
+        return (kvs if revs else [(k, v) for k, v, _ in kvs]), bool(got.get("more"))
+
     def blocks(self, network: str) -> list[Block]:
         base = self._base(network) + "block/"
         (rows,) = self._get([(base, {})])
@@ -232,6 +297,14 @@ class EtcdStore:
                 return released
             time.sleep(random.uniform(0, 0.02))
         return []
+
+
+def _addr(r: Reservation) -> tuple:
+    try:
+        a = ipaddress.ip_address(r.ip)
+        return (a.version, int(a), "")
+    except ValueError:
+        return (9, 0, r.ip)
 
 
 def _layout(marker: list, legacy: list) -> tuple[str, Optional[str]]:

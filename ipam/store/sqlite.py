@@ -56,6 +56,13 @@ def _row(network: str, res: Reservation) -> tuple:
             res.ifname, res.node, res.hold_until, res.cool_until)
 
 
+def _sortkey(ip: str) -> str:
+    try:
+        return ipkey(ip)
+    except ValueError:
+        return ""  # a key that is no address sorts first
+
+
 INSERT = ("INSERT INTO reservations (network, ip, data, ipkey, state, identity, container_id, ifname, node, "
           "hold_until, cool_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 BUSY_TIMEOUT_S = 30.0
@@ -155,16 +162,64 @@ class SQLiteStore:
             raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
         return list(decode_rows(network, rows, quiet=True)[0].values())
 
-    def read_all(self) -> dict[str, list[Reservation]]:
-        """Every network's reservations (netdiag without a network config)."""
+    def read_page(self, network: str, after: str, limit: int, node: str = "") -> tuple[list[Reservation], str]:
+        """Up to `limit` reservations whose ipkey sorts after the cursor `after` ("": from the
+        start), in address order, through the (network, ipkey) index; `node`: only that node's
+        (a column filter on the same index: the embedded store is one node's anyway). Returns the
+        page and the cursor of the next one ("" when done). A listing, not a transaction: a row
+        written behind the cursor meanwhile is missed, one moved ahead can be seen twice; a quiet
+        store gives every row exactly once. Rows without index columns (hand-written, corrupt)
+        shadow their IP in every page, as they do in a transaction. A database no writer has
+        upgraded yet has no ipkey: it pages by the stored key instead (text order)."""
+        limit = max(1, limit)
         try:
-            rows = self.db.execute("SELECT network, ip, data FROM reservations").fetchall()
+            if "ipkey" not in {r[1] for r in self.db.execute("PRAGMA table_info(reservations)")}:
+                return self._read_page_old(network, after, limit, node)
+            q = "SELECT ip, data, ipkey FROM reservations WHERE network = ? AND ipkey > ?"
+            args: list = [network, after]
+            if node:
+                q += " AND node = ?"
+                args.append(node)
+            # one row more than asked: whether another page follows, without an empty last page
+            rows = self.db.execute(q + " ORDER BY ipkey LIMIT ?", (*args, limit + 1)).fetchall()
+            loose = self.db.execute("SELECT ip, data FROM reservations WHERE network = ? AND ipkey IS NULL",
+                                    (network,)).fetchall()
         except sqlite3.Error as e:
             raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
-        by_net: dict[str, list] = {}
-        for net, ip, data in rows:
-            by_net.setdefault(net, []).append((ip, data))
-        return {net: list(decode_rows(net, r, quiet=True)[0].values()) for net, r in by_net.items()}
+        shadow, _ = decode_rows(network, loose, quiet=True)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        upper = rows[-1][2] if more else None  # None: the last page, no upper bound
+        page = []
+        for ip, data, key in rows:
+            r = shadow.get(ip)
+            page.append(r if r is not None else Reservation.decode(ip, data))
+        # an unindexed row of an IP inside this page's span that no indexed row has: shown here
+        have = {r.ip for r in page}
+        for r in shadow.values():
+            try:
+                k = ipkey(r.ip)
+            except ValueError:
+                k = ""  # a key that is no address: shown on the first page
+            in_span = (k > after or (not after and not k)) and (upper is None or k <= upper)
+            if in_span and r.ip not in have and (not node or r.node == node):
+                page.append(r)
+        page.sort(key=lambda r: _sortkey(r.ip))
+        return page, upper or ""
+
+    def _read_page_old(self, network: str, after: str, limit: int, node: str) -> tuple[list[Reservation], str]:
+        rows = self.db.execute("SELECT ip, data FROM reservations WHERE network = ? AND ip > ? ORDER BY ip LIMIT ?",
+                               (network, after, limit + 1)).fetchall()
+        more, rows = len(rows) > limit, rows[:limit]
+        page = [r for r in decode_rows(network, rows, quiet=True)[0].values() if not node or r.node == node]
+        return page, (rows[-1][0] if more else "")
+
+    def networks(self) -> list[str]:
+        """The networks that have reservations (from the primary key's index, no row decoded)."""
+        try:
+            return [r[0] for r in self.db.execute("SELECT DISTINCT network FROM reservations ORDER BY network")]
+        except sqlite3.Error as e:
+            raise CNIError(IO_FAILURE, f"IPAM database {self.path}: {e}") from e
 
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
         if self.readonly:

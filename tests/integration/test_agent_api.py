@@ -8,9 +8,11 @@ import stat
 import subprocess
 import sys
 
+import grpc
 import pytest
 
 from dataplane.api import moor_pb2 as pb
+from dataplane.api import moor_pb2_grpc as rpc
 from dataplane.api.client import AgentClient, AgentUnavailable
 from dataplane.nslab import Lab
 from tests.helpers import REPO, cni_path, run_cni
@@ -82,3 +84,88 @@ def test_api_and_metrics_show_peers_routes_reservations_and_what_is_unavailable(
 
     with pytest.raises(AgentUnavailable):  # the agent is gone with the lab: a clear error, not a hang
         AgentClient(str(sock), timeout=1).health()
+
+
+def _big_store(ipam_dir, n: int, netns: dict[str, str]) -> list:
+    """n reservations written straight through the store's API (one transaction): nodes n1..n4 in
+    turn, realistic field sizes; `netns`: node -> a netns path recorded on that node's rows."""
+    import ipaddress
+
+    from ipam.reservation import Reservation
+    from ipam.store.sqlite import SQLiteStore
+    base = ipaddress.ip_address("2001:db8:a::")
+    rows = [Reservation(ip=str(base + 1 + i), pool="2001:db8:a::/112", state="active", identity=f"pod:shop/cart-{i}",
+                        pod=f"shop/cart-{i}", container_id=f"{i:064x}", ifname="eth0", node=f"n{1 + i % 4}",
+                        netns=netns.get(f"n{1 + i % 4}", ""), seq=1, updated=1.0) for i in range(n)]
+    store = SQLiteStore(str(ipam_dir))
+    try:
+        store.transact("fabric", lambda v: [v.put(r) for r in rows])
+    finally:
+        store.close()
+    return rows
+
+
+def test_ipam_pages_through_a_network_one_reply_could_not_hold(tmp_path):
+    n = 40_000
+    rows = _big_store(tmp_path / "ipam", n, {})
+    # the reply the old unpaged Ipam sent: over grpc's default 4 MiB limit, which refused it outright
+    whole = pb.IpamReply(reservations=[pb.Reservation(ip=r.ip, pool=r.pool, key=r.identity, pod=r.pod,
+                                                      container_id=r.container_id, state=r.state) for r in rows])
+    assert whole.ByteSize() > 4 * 1024 * 1024
+    netconf = {"cniVersion": "1.0.0", "name": "fabric", "type": "moor", "mode": "bgp",
+               "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path / "ipam"), "pools": [{"cidr": "2001:db8:a::/112"}]}}
+    (tmp_path / "10-fabric.conf").write_text(json.dumps(netconf))
+    sock = tmp_path / "moord.sock"
+    conf = {"bgp": {"asn": 65001, "routerId": "192.0.2.2", "peers": []}, "api": {"socket": str(sock)},
+            "cni": {"socket": ""}, "metrics": {"port": 0}, "probe": {"enabled": False},
+            "ipam": {"config": str(tmp_path / "10-fabric.conf")}}
+    (tmp_path / "moord.yaml").write_text(json.dumps(conf))
+    with Lab() as lab:
+        node = lab.ns("node")
+        lab.spawn(node, [sys.executable, "-m", "dataplane.agent", "--config", str(tmp_path / "moord.yaml")], cwd=REPO,
+                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "moord.log", "w"))
+        wait_for(lambda: sock.exists(), what="the API socket")
+        # a client that keeps grpc's default receive limit: every page fits in it
+        with AgentClient(str(sock), timeout=30) as c:
+            wait_for(lambda: c.health(), what="Health")
+            c.channel.close()
+            c.channel = grpc.insecure_channel(f"unix://{sock}")
+            c.stub = rpc.AgentStub(c.channel)
+            replies = list(c.ipam_pages())
+            assert [r.error for r in replies] == [""] * 40
+            assert all(len(r.reservations) == 1000 for r in replies) and replies[-1].next_page_token == ""
+            got = [x.ip for r in replies for x in r.reservations]
+            assert got == [r.ip for r in rows]  # each once, in address order
+            assert sum(p.active for r in replies for p in r.pools) == n  # per page: the client sums
+            assert {p.size for r in replies for p in r.pools} == {65535}  # the pool minus its network address
+            big = list(c.ipam_pages(page_size=100_000))  # capped at 5000
+            assert [len(r.reservations) for r in big] == [5000] * 8
+            mine = [x.ip for r in c.ipam_pages(page_size=3000, node="n3") for x in r.reservations]
+            assert mine == [r.ip for r in rows if r.node == "n3"]
+            first = c.call("Ipam")  # an old client's Empty decodes as the first page
+            assert len(first.reservations) == 1000 and first.next_page_token
+        nd = [sys.executable, "-m", "dataplane.netdiag", "--source", "agent", "--agent-socket", str(sock)]
+        doc = json.loads(lab.run(node, *nd, "ipam", "--json", "--node", "n2").stdout)
+        assert [r["ip"] for r in doc["reservations"]] == [r.ip for r in rows if r.node == "n2"]
+        assert [(p["cidr"], p["active"]) for p in doc["pools"]] == [("2001:db8:a::/112", n // 4)]
+        text = lab.run(node, *nd, "ipam").stdout.decode()
+        assert f"Reservations ({n})" in text and "2001:db8:a::9c40" in text  # the last one
+
+
+def test_pod_map_reads_only_this_nodes_reservations(tmp_path, monkeypatch):
+    from dataplane.view import AgentView
+    with Lab() as lab:
+        mine, other = lab.ns("podmine"), lab.ns("podother")
+        # 2,500 rows; n1's name the netns "podmine", the other nodes' "podother" (as if it were theirs)
+        rows = _big_store(tmp_path / "ipam", 2500, {"n1": Lab.path(mine), "n2": Lab.path(other),
+                                                    "n3": Lab.path(other), "n4": Lab.path(other)})
+        netconf = {"cniVersion": "1.0.0", "name": "fabric", "type": "moor",
+                   "ipam": {"type": "moor-ipam", "dataDir": str(tmp_path / "ipam"), "pools": [{"cidr": "2001:db8:a::/112"}]}}
+        (tmp_path / "10-fabric.conf").write_text(json.dumps(netconf))
+        monkeypatch.setenv("MOOR_NODE_NAME", "n1")  # how moor-ipam names this node
+        by_ino, _ = AgentView(ipam_config=str(tmp_path / "10-fabric.conf")).pods()
+        assert set(by_ino) == {os.stat(Lab.path(mine)).st_ino}
+        assert by_ino[os.stat(Lab.path(mine)).st_ino].pod in {r.pod for r in rows if r.node == "n1"}
+        monkeypatch.setenv("MOOR_NODE_NAME", "n2")
+        by_ino, _ = AgentView(ipam_config=str(tmp_path / "10-fabric.conf")).pods()
+        assert set(by_ino) == {os.stat(Lab.path(other)).st_ino}

@@ -182,6 +182,39 @@ def test_ipam_lists_reservations_read_only(capsys, tmp_path: Path):
     assert (ipam_dir / "ipam.sqlite3").read_bytes() == before  # opened read-only (SQLite may add -shm/-wal)
 
 
+def test_ipam_node_shows_one_nodes_reservations_paged(capsys, tmp_path: Path):
+    from ipam.reservation import Reservation
+    from ipam.store.sqlite import SQLiteStore
+    ipam_dir = tmp_path / "ipam"
+    rows = [Reservation(ip=f"198.51.100.{1 + i % 254}" if i < 254 else f"2001:db8:5::{i:x}",
+                        pool="198.51.100.0/24" if i < 254 else "2001:db8:5::/112", state="active", pod=f"a/p{i}",
+                        node="node-a.example" if i % 3 == 0 else "node-b", seq=1) for i in range(2500)]
+    store = SQLiteStore(str(ipam_dir))
+    try:
+        store.transact("pnet", lambda v: [v.put(r) for r in rows])
+    finally:
+        store.close()
+    conf = tmp_path / "10-pnet.conf"
+    conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "pnet", "type": "macvlan",
+                                "ipam": {"type": "moor-ipam", "dataDir": str(ipam_dir),
+                                         "pools": [{"cidr": "198.51.100.0/24"}, {"cidr": "2001:db8:5::/112"}]}}))
+    want = [r.ip for r in rows if r.node == "node-a.example"]
+    for where in (["--ipam-dir", str(ipam_dir)], ["--ipam-config", str(conf)]):  # 3 pages of 1000
+        code, out, err = _run(capsys, "ipam", "--json", "--node", "node-a.example", "--source", "kernel", *where)
+        doc = json.loads(out)
+        assert code == 0, err
+        assert [r["ip"] for r in doc["reservations"]] == want and {r["node"] for r in doc["reservations"]} == {
+            "node-a.example"}
+        code, out, _ = _run(capsys, "ipam", "--source", "kernel", *where)
+        assert f"Reservations (2500)" in out and "2001:db8:5::9c3" in out
+    code, out, _ = _run(capsys, "ipam", "--json", "--source", "kernel", "--ipam-config", str(conf))
+    pools = json.loads(out)["pools"]  # each page's usage, summed
+    assert [(p["cidr"], p["active"]) for p in pools] == [("198.51.100.0/24", 254), ("2001:db8:5::/112", 2246)]
+    for bad in ("node/a", "", "-n1", "n1 n2", "ñ"):
+        code, out, err = _run(capsys, "ipam", f"--node={bad}", "--source", "kernel", "--ipam-dir", str(ipam_dir))
+        assert code == 2 and not out and err.count("\n") == 1 and f"--node {bad!r} is not a node name" in err
+
+
 def test_pod_joins_the_ipam_reservation_and_the_cni_record(capsys, tmp_path: Path):
     ipam_dir, state_dir = _ipam_and_state(tmp_path)
     dirs = ["--ipam-dir", str(ipam_dir), "--cni-state-dir", str(state_dir), "--source", "kernel"]
