@@ -147,8 +147,12 @@ class AgentView:
         from ipam.read import Snapshot, pages
         conf = self._ipam_conf()
         if not isinstance(conf, Snapshot):
-            from ipam.collect import node_name
-            for snap in pages(conf, node=node_name(os.environ, conf)):
+            from ipam.collect import explicit_node_name, node_name
+            # etcd holds the cluster: this node's, by the name moor-ipam gives it; the embedded
+            # store is this node's already, filtered only by a name set on purpose (a guessed one
+            # that differed from the plugin's would empty the map)
+            me = node_name(os.environ, conf) if conf.etcd_endpoints else explicit_node_name(os.environ, conf)
+            for snap in pages(conf, node=me):
                 for r in snap.reservations:
                     if not r.netns or not r.pod:
                         continue
