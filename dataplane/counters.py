@@ -29,12 +29,13 @@ import ipaddress
 import os
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, TypeVar
 
 from cni.netlink import wire as w
+from cni.netlink.netns import run_in
+from cni.netlink.rtnl import RTNL
 
 T = TypeVar("T")
 
@@ -377,41 +378,12 @@ _STATS64_FIELDS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_error
                    "rx_missed_errors", None, None, "tx_fifo_errors", None, None, None, None, "rx_nohandler")
 
 
-class NetlinkDumpError(OSError):
-    pass
-
-
 def netlink_dump(protocol: int, mtype: int, body: bytes, what: str, attempts: int = 3) -> list[w.Message]:
-    """One dump request on a fresh netlink socket of `protocol`, in the calling thread's netns;
-    retried when the kernel marks it interrupted by a change."""
-    for attempt in range(attempts):
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol) as s:
-            s.settimeout(5.0)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            s.bind((0, 0))
-            s.send(w.pack_msg(mtype, w.NLM_F_REQUEST | w.NLM_F_DUMP, 1, body))
-            out: list[w.Message] = []
-            interrupted = False
-            done = False
-            while not done:
-                data = s.recv(1 << 20)
-                if not data:
-                    break
-                for m in w.split_msgs(data):
-                    if m.seq != 1:
-                        continue
-                    if m.flags & w.NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if m.type == w.NLMSG_ERROR or m.type == w.NLMSG_DONE:
-                        code = -struct.unpack_from("=i", m.body)[0] if len(m.body) >= 4 else 0
-                        if code:
-                            raise NetlinkDumpError(code, f"{what}: {os.strerror(code)}")
-                        done = True
-                        break
-                    out.append(m)
-            if not interrupted or attempt == attempts - 1:
-                return out
-    return []
+    """One dump request on a fresh netlink socket of `protocol`, in the calling thread's netns
+    (cni.netlink's RTNL: one netlink transport for the whole project), read again when a change
+    interrupted it."""
+    with RTNL(protocol, timeout=5.0) as nl:
+        return nl.dump(mtype, body, what, attempts)
 
 
 def _tc_handle(h: int) -> str:
@@ -554,31 +526,9 @@ def _read_int(path: str) -> Optional[int]:
 
 
 def in_netns(path: Optional[str], fn: Callable[[], T]) -> T:
-    """Run fn inside the netns at `path` (None: here), in a worker thread that enters it with
-    setns and leaves again, so no other thread of this process ever changes namespace."""
-    if path is None:
-        return fn()
-    from cni.netlink import netns as nsmod
-
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            fd = nsmod.open_netns(path)
-            try:
-                with nsmod.entered(fd):
-                    box["value"] = fn()
-            finally:
-                os.close(fd)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name=f"netns {path}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """Run fn inside the netns at `path` (None: here), in a worker thread (cni.netlink.netns.run_in),
+    so no other thread of this process ever changes namespace."""
+    return fn() if path is None else run_in(path, fn)
 
 
 SO_NETNS_COOKIE = 71  # Linux 5.14

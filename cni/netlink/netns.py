@@ -1,4 +1,5 @@
-"""Entering a network namespace for a moment (setns), for a single-threaded caller.
+"""Entering a network namespace: the project's one way. entered() for a single-threaded caller
+(the plugin), run_in() for a multi-threaded one (a worker thread enters and ends).
 
 Sockets opened while inside stay bound to that netns after we return, so the plugin enters the
 pod's netns only to open its sockets and write its sysctls.
@@ -13,7 +14,9 @@ import os
 import stat
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
-    from typing import Iterator
+    from typing import Callable, Iterator, TypeVar
+
+    T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): which kind of namespace an nsfs file is
@@ -70,6 +73,33 @@ def entered(fd: int) -> Iterator[None]:
             _setns(home)
     finally:
         os.close(home)
+
+
+def run_in(path: str, fn: Callable[[], T]) -> T:
+    """fn's result, run inside the netns at `path` by a short-lived thread that enters it and
+    ends: for a multi-threaded caller (moord, netdiag), whose other threads must never change
+    namespace. Errors are raised in the caller's thread; ValueError when `path` is not a netns."""
+    import threading  # not on the plugin's path: it is single-threaded and uses entered()
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            fd = open_netns(path)
+            try:
+                with entered(fd):
+                    box["value"] = fn()
+            finally:
+                os.close(fd)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=f"netns {path}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def write_sysctl(path: str, value: str) -> None:

@@ -73,9 +73,13 @@ class RTNL:
     """One NETLINK_ROUTE socket. A netlink socket stays bound to the netns it was created in,
     so a socket opened inside the pod's netns keeps working after the caller leaves it."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    def __init__(self, protocol: int = 0, timeout: float | None = None) -> None:
+        """`protocol`: NETLINK_ROUTE (0) or another netlink family spoken with the same framing
+        (NETLINK_SOCK_DIAG for the counters); `timeout`: seconds a read may wait (None: forever)."""
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if timeout is not None:
+            self.sock.settimeout(timeout)
         self.sock.bind((0, 0))
         self._seq = 0
 
@@ -114,6 +118,17 @@ class RTNL:
                         raise NetlinkError(errno.EAGAIN, f"{what} (interrupted by a change; retry)")
                     return out
                 out.append(msg)
+
+    def dump(self, mtype: int, body: bytes, what: str, attempts: int = 3) -> list[w.Message]:
+        """A dump request, read again when the kernel marks it interrupted by a change (a partial
+        dump must not pass for the whole); NetlinkError EAGAIN after `attempts` such reads."""
+        for attempt in range(attempts):
+            try:
+                return self._request(mtype, w.NLM_F_DUMP, body, what)
+            except NetlinkError as e:
+                if e.errno != errno.EAGAIN or attempt == attempts - 1:
+                    raise
+        return []
 
     # -- links -----------------------------------------------------------------------------
     @staticmethod

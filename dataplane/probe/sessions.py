@@ -55,12 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cni.netlink.netns import run_in
 from dataplane.probe.errors import ProbeUnavailable
 from dataplane.probe.kclock import kernel_hz
 from dataplane.probe.kheaders import compile_bpf
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h, Linux 5.14+
-CLONE_NEWNET = 0x40000000
 
 _BPF_SRC = Path(__file__).with_name("sessions.bpf.c")
 
@@ -193,12 +193,6 @@ def _slope(points: list[tuple[float, float]]) -> float:
 # netns cookies (the key the kernel programs attribute sessions to)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def _socket_cookie() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
@@ -211,37 +205,10 @@ def my_netns_cookie() -> int:
 
 def netns_cookie(netns_path: str) -> int:
     """The netns cookie of the namespace at `netns_path` (/run/netns/x, /proc/PID/ns/net): a
-    short-lived thread enters it, asks a socket opened there (SO_NETNS_COOKIE), and ends, so the
-    caller's own namespace never changes."""
-    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    out: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd)
-                try:
-                    out["cookie"] = _socket_cookie()
-                finally:
-                    _setns(home)
-            finally:
-                os.close(home)
-        except BaseException as e:  # handed to the caller's thread
-            out["error"] = e
-
-    try:
-        t = threading.Thread(target=run, name="netns-cookie", daemon=True)
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    if "error" in out:
-        err = out["error"]
-        if isinstance(err, OSError) and err.errno == errno.EINVAL:
-            raise ValueError(f"{netns_path} is not a network namespace") from err
-        raise err  # type: ignore[misc]
-    return int(out["cookie"])  # type: ignore[call-overload]
+    short-lived thread enters it (cni.netlink.netns.run_in), asks a socket opened there
+    (SO_NETNS_COOKIE), and ends, so the caller's own namespace never changes. ValueError when the
+    path is not a network namespace."""
+    return run_in(netns_path, _socket_cookie)
 
 
 # ---------------------------------------------------------------------------------------------
