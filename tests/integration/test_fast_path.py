@@ -67,12 +67,12 @@ def _args(name: str) -> str:
     return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=f;K8S_POD_NAME={name};K8S_POD_UID=u-{name}"
 
 
-def _start(net: MacvlanNet, conf: dict, env: dict) -> subprocess.Popen:
-    """The executable, started as a runtime starts it, without waiting for it."""
+def _start(net: MacvlanNet, conf: dict, env: dict, exe: str | None = None) -> subprocess.Popen:
+    """The executable (the Python client, or `exe`), started as a runtime starts it, without waiting."""
     stdin = net.tmp / f"stdin-{env['CNI_CONTAINERID']}.json"
     stdin.write_text(json.dumps(conf))
     with open(stdin, "rb") as f:
-        return subprocess.Popen(["ip", "netns", "exec", net.node, os.path.join(net.path, "moor")],
+        return subprocess.Popen(["ip", "netns", "exec", net.node, exe or os.path.join(net.path, "moor")],
                                 stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
@@ -117,15 +117,19 @@ def test_the_agent_answers_byte_for_byte_what_the_executable_answers(net: Macvla
     assert [l["ifname"] for l in ipj(net.pods["pod1"], "link", "show")] == ["lo"]
 
 
-def test_moord_killed_in_the_middle_of_an_add_leaves_it_complete(routed: MacvlanNet):
+@pytest.mark.parametrize("client", ["python", "c"])
+def test_moord_killed_in_the_middle_of_an_add_leaves_it_complete(routed: MacvlanNet, client: str, request):
+    """The Python client finishes the call itself; the C client hands it to the Python client
+    (MOOR_AGENT_INTERRUPTED), which finishes it the same way."""
     net = routed
+    exe = request.getfixturevalue("cclient") if client == "c" else None
     agent = Agent(net).start()
     conf = _routed(net, agent.sock)
     pod = net.pod("pod1")
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": pod, "CNI_IFNAME": "eth0",
            "CNI_PATH": net.path, "CNI_ARGS": _args("db-0"), "PATH": os.environ["PATH"],
            "MOOR_PAUSE": "veth:3", **TIMING}
-    client = _start(net, conf, env)
+    client = _start(net, conf, env, exe)
     # the agent has made the veth and sleeps before the rest: kill it there
     wait_for(lambda: any(l["ifname"].startswith("moor") for l in ipj(net.node, "link", "show")),
              what="the agent's veth")
@@ -142,7 +146,7 @@ def test_moord_killed_in_the_middle_of_an_add_leaves_it_complete(routed: Macvlan
     addrs = [a["local"] for l in ipj(net.pods["pod1"], "addr", "show") for a in l.get("addr_info", [])]
     assert ip4 in addrs
     # a later DEL (the executable: the agent is dead) removes every piece
-    d = net.cni("DEL", conf, container_id="c1", args=_args("db-0"))
+    d = net.cni("DEL", conf, container_id="c1", args=_args("db-0"), exe=exe)
     assert d.code == 0, d.stdout
     assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("moor")]
     assert ipj(net.node, "route", "show", "proto", "109") == []
@@ -274,33 +278,3 @@ def test_the_c_client_hands_the_python_client_what_it_cannot_do(net: MacvlanNet,
                                 "CNI_NETNS": net.pod("pod1"), "CNI_PATH": net.path, "PATH": os.environ["PATH"]})
             for exe in (cclient, os.path.join(net.path, "moor"))]
     assert outs[0].returncode == outs[1].returncode == 1 and outs[0].stdout == outs[1].stdout, outs
-
-
-def test_moord_killed_in_the_middle_of_a_c_client_add_leaves_it_complete(routed: MacvlanNet, cclient: str):
-    net = routed
-    agent = Agent(net).start()
-    conf = _routed(net, agent.sock)
-    pod = net.pod("pod1")
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": pod, "CNI_IFNAME": "eth0",
-           "CNI_PATH": net.path, "CNI_ARGS": _args("db-0"), "PATH": os.environ["PATH"],
-           "MOOR_PAUSE": "veth:3", **TIMING}
-    stdin = net.tmp / "stdin-c.json"
-    stdin.write_text(json.dumps(conf))
-    with open(stdin, "rb") as f:
-        client = subprocess.Popen(["ip", "netns", "exec", net.node, cclient], stdin=f, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=env)
-    wait_for(lambda: any(l["ifname"].startswith("moor") for l in ipj(net.node, "link", "show")),
-             what="the agent's veth")
-    agent.stop(signal.SIGKILL)
-    out, err = client.communicate(timeout=60)
-    assert client.returncode == 0, (out, err)
-    assert b" took " in err, "the Python client finished the call"
-    res = json.loads(out)
-    ip4 = next(i["address"].split("/")[0] for i in res["ips"] if ":" not in i["address"])
-    veths = [l["ifname"] for l in ipj(net.node, "link", "show") if l["ifname"].startswith("moor")]
-    assert veths == [res["interfaces"][0]["name"]]
-    assert [r["dst"] for r in ipj(net.node, "-4", "route", "show", "proto", "109")] == [ip4]
-    d = net.cni("DEL", conf, container_id="c1", args=_args("db-0"), exe=cclient)
-    assert d.code == 0, d.stdout
-    assert not [l for l in ipj(net.node, "link", "show") if l["ifname"].startswith("moor")]
-    assert ipj(net.node, "route", "show", "proto", "109") == []
