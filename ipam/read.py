@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from cni.errors import CNIError
 
 from .config import IPAMConf, Pool, parse
-from .reservation import ACTIVE, CORRUPT, HELD, Reservation, merge
+from .reservation import ACTIVE, CORRUPT, HELD, Reservation, addr_key, merge
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,14 +107,6 @@ def pool_usage(conf: IPAMConf, rows: list[Reservation]) -> list[PoolUsage]:
     return out
 
 
-def _key(r: Reservation) -> tuple:
-    try:
-        ip = ipaddress.ip_address(r.ip)
-        return (ip.version, int(ip), "")
-    except ValueError:
-        return (9, 0, r.ip)
-
-
 PAGE_SIZE = 1000
 
 
@@ -144,7 +136,7 @@ def page(conf: IPAMConf, after: str = "", limit: int = PAGE_SIZE, node: str = ""
             store = open_store(conf, readonly=True)
         try:
             rows, nxt = store.read_page(conf.network, after, limit, node=node)
-            snap.reservations = sorted(rows, key=_key)
+            snap.reservations = sorted(rows, key=addr_key)
         finally:
             if own:
                 store.close()
@@ -195,7 +187,7 @@ def snapshot(conf: IPAMConf, node: str = "") -> Snapshot:
         for r in p.reservations:
             merge(records, r)  # an IP listed twice (a stray key in another page): one row, corrupt first
         snap.error = snap.error or p.error
-    snap.reservations = sorted(records.values(), key=_key)
+    snap.reservations = sorted(records.values(), key=addr_key)
     snap.pools = pool_usage(conf, snap.reservations)
     return snap
 
@@ -230,7 +222,7 @@ def pages_dir(data_dir: str, network: Optional[str] = None, node: str = "",
                 except CNIError as e:
                     yield Snapshot(network=net, where=where, error=e.msg)
                     return
-                yield Snapshot(network=net, where=where, reservations=sorted(rows, key=_key))
+                yield Snapshot(network=net, where=where, reservations=sorted(rows, key=addr_key))
                 if not after:
                     break
     finally:

@@ -115,6 +115,15 @@ class Reservation:
         return f"{who}{cid}{node} ({self.state})"
 
 
+def addr_key(r: Reservation) -> tuple:
+    """Sort key: by address (IPv4 first), a corrupt record's key that is no address last."""
+    try:
+        ip = ipaddress.ip_address(r.ip)
+        return (ip.version, int(ip), "")
+    except ValueError:
+        return (9, 0, r.ip)
+
+
 def merge(records: dict[str, Reservation], r: Reservation) -> None:
     """Add a decoded record to a view's records; where a corrupt record and another claim one IP,
     the corrupt one stays (the IP is in doubt, so nobody gets it)."""

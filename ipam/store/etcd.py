@@ -33,7 +33,7 @@ from . import decode_rows
 from .blocks import (Block, block_of, decode_block, decode_handle, decode_list, encode_block, free_block, in_pool,
                      usable_in)
 from ..policy import View
-from ..reservation import Reservation, merge
+from ..reservation import Reservation, addr_key, merge
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class EtcdStore:
         kvs, more = self._range_after(network, want, after, limit)
         rows = [(k[len(self._base(network)) + len(want):], v) for k, v in kvs]
         page = [r for r in decode_rows(network, rows, quiet=True)[0].values() if not node or r.node == node]
-        return sorted(page, key=_addr), (kvs[-1][0][len(self._base(network)):] if more and kvs else "")
+        return sorted(page, key=addr_key), (kvs[-1][0][len(self._base(network)):] if more and kvs else "")
 
     def _block_capacity(self) -> int:
         """Addresses in the largest block of the network's pools (64 without a config)."""
@@ -214,7 +214,7 @@ class EtcdStore:
             for r in decode_block(network, k[len(base) + len("block/"):], rev, v, quiet=True).records.values():
                 if not node or r.node == node:
                     merge(records, r)
-        return sorted(records.values(), key=_addr), nxt
+        return sorted(records.values(), key=addr_key), nxt
 
     def _range_after(self, network: str, sub: str, after: str, limit: int, revs: bool = False) -> tuple[list, bool]:
         """Up to `limit` keys of `<network>/<sub>` after the relative key `after`, in one range
@@ -297,14 +297,6 @@ class EtcdStore:
                 return released
             time.sleep(random.uniform(0, 0.02))
         return []
-
-
-def _addr(r: Reservation) -> tuple:
-    try:
-        a = ipaddress.ip_address(r.ip)
-        return (a.version, int(a), "")
-    except ValueError:
-        return (9, 0, r.ip)
 
 
 def _layout(marker: list, legacy: list) -> tuple[str, Optional[str]]:

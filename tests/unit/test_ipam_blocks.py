@@ -15,17 +15,6 @@ from ipam import config
 from ipam.plugin import run
 from ipam.reservation import ACTIVE, CORRUPT
 from ipam.store import open_store
-from tests import etcd_server
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    try:
-        e = etcd_server.start(tmp_path_factory.mktemp("etcd") / "data")
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    yield e
-    e.stop()
 
 
 class Net:

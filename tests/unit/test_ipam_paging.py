@@ -17,21 +17,10 @@ from ipam.read import add_usage, pages, snapshot
 from ipam.reservation import ACTIVE, HELD, Reservation
 from ipam.store.etcd import EtcdStore
 from ipam.store.sqlite import FILENAME, SQLiteStore
-from tests import etcd_server
 
 NODES = ("n1", "n2", "n3", "n4")
 V4 = "198.51.100.0/24"
 V6 = "2001:db8:1::/112"
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    try:
-        e = etcd_server.start(tmp_path_factory.mktemp("etcd") / "data")
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    yield e
-    e.stop()
 
 
 def _conf(**ipam) -> config.IPAMConf:
