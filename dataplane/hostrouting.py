@@ -20,9 +20,12 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bgp.wire import Key, key_of
 from cni.netlink import wire as w
 from cni.netlink.rtnl import RTNL, NetlinkError
 
+from .bpfload import Loaded, LoadError, load
+from .bpfsys import Map, bpf
 from .routemtu import RouteMtus, lpm_key
 
 log = logging.getLogger("moord.hostrouting")
@@ -35,6 +38,10 @@ MAX_MTU_ROUTES = 1024  # prefixes in the route MTU trie; beyond that one bound p
 PRIO = 1
 HANDLE = 0x6D6F6F72  # "moor"
 NAME = "moor_hostrouting"
+MAPS = ("counters", "pods", "sources", "route_mtu")  # hostrouting.bpf.c's
+SCHED_CLS = 3  # BPF_PROG_TYPE_SCHED_CLS
+ONE = b"\x01"  # the u8 value of pods and sources
+_U32 = struct.Struct("=I")
 COUNTERS = ("to_pod", "to_uplink", "pass_not_ip", "pass_special", "pass_source", "pass_fib", "pass_mtu")
 
 # rtnetlink traffic control (include/uapi/linux/rtnetlink.h, pkt_sched.h, pkt_cls.h)
@@ -62,16 +69,12 @@ class HostRoutingConfig:
 def _check_bpf_allowed() -> None:
     """One bpf(BPF_MAP_CREATE) for a 1-entry array: a kernel or a process that may not use eBPF
     says why here (EPERM, ENOSYS...), where bcc's compile error would only say "failed to load"."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    attr = struct.pack("=IIII", 2, 4, 4, 1).ljust(128, b"\0")  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    fd = libc.syscall(321 if os.uname().machine == "x86_64" else 280, 0, buf, len(attr))  # SYS_bpf; BPF_MAP_CREATE
-    if fd < 0:
-        e = ctypes.get_errno()
-        need = " (moord needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN)" if e == errno.EPERM else ""
-        raise HostRoutingUnavailable(f"the kernel refused bpf(): {os.strerror(e)}{need}")
-    os.close(fd)
+    try:
+        # BPF_MAP_CREATE (0) of a BPF_MAP_TYPE_ARRAY (2), key 4, value 4, 1 entry
+        os.close(bpf(0, struct.pack("=IIII", 2, 4, 4, 1).ljust(128, b"\0")))
+    except OSError as e:
+        need = " (moord needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN)" if e.errno == errno.EPERM else ""
+        raise HostRoutingUnavailable(f"the kernel refused bpf(): {os.strerror(e.errno)}{need}") from None
 
 
 class Tc(RTNL):
@@ -115,10 +118,11 @@ class Tc(RTNL):
         return True
 
 
-def _src_key(ifindex: int, dst) -> bytes:
-    """struct src_key: ifindex, family, address (16 bytes, IPv4 in the first 4)."""
-    fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-    return struct.pack("=II16s", ifindex, fam, dst.network_address.packed)
+def _src_key(ifindex: int, key: Key) -> bytes:
+    """struct src_key: ifindex, family, address (16 bytes, IPv4 in the first 4) of a pod route's
+    destination, given as its bgp.wire key (version, prefix length, address bytes)."""
+    fam = socket.AF_INET if key[0] == 4 else socket.AF_INET6
+    return struct.pack("=II16s", ifindex, fam, key[2:])
 
 
 class HostRouting:
@@ -127,11 +131,13 @@ class HostRouting:
     def __init__(self, conf: HostRoutingConfig | None = None, max_pods: int = MAX_PODS):
         self.conf = conf or HostRoutingConfig()
         self.max_pods = max_pods
-        self.routes: dict[int, set] = {}  # host veth ifindex -> its pod routes' destinations
+        # host veth ifindex -> its pod routes' destinations, as bgp.wire keys: bytes the route watch
+        # already holds (100k routes cost no object of their own here)
+        self.routes: dict[int, set[Key]] = {}
         self.attached: set[int] = set()  # devices carrying this program (pods and uplinks)
         self.ready = False  # attach_all() ran: pod_route() attaches at once from here
-        self._bpf = None
-        self._fn_pod = self._fn_uplink = None
+        self._loaded: Loaded | None = None
+        self._maps: dict[str, Map] = {}
         self._tc: Tc | None = None
         self._mtus: RouteMtus | None = None
         self.mtu_trie: dict[bytes, int] = {}  # what the route_mtu trie holds
@@ -140,27 +146,22 @@ class HostRouting:
     # -- loading ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Compile and load (HostRoutingUnavailable with the reason when the kernel or bcc cannot);
-        nothing is attached yet. Safe in a worker thread: it touches no shared state but its own."""
-        from bcc import BPF  # heavy; absent where python3-bpfcc is not installed
-
-        from .probe.errors import ProbeUnavailable
-        from .probe.kheaders import compile_bpf
+        nothing is attached yet. Safe in a worker thread: it touches no shared state but its own.
+        The compile runs in a child process (bpfload.py): moord keeps the fds, not bcc and LLVM."""
         _check_bpf_allowed()
         try:
-            bpf = compile_bpf([f"-DMAX_PODS={self.max_pods}", f"-DMAX_MTU_ROUTES={MAX_MTU_ROUTES}"],
-                              src_file=str(BPF_SOURCE))
-        except ProbeUnavailable as e:
+            loaded = load(str(BPF_SOURCE), [f"-DMAX_PODS={self.max_pods}", f"-DMAX_MTU_ROUTES={MAX_MTU_ROUTES}"],
+                          {"from_pod": SCHED_CLS, "from_uplink": SCHED_CLS}, list(MAPS))
+        except LoadError as e:
+            if e.stage == "load":
+                # the verifier rejects a helper this kernel lacks (bpf_redirect_peer 5.10,
+                # bpf_redirect_neigh with a next hop 5.13): the load says why
+                raise HostRoutingUnavailable(f"the kernel refused the tc program: {str(e)[:300]}") from None
             raise HostRoutingUnavailable(str(e)) from None
-        try:
-            # the verifier rejects a helper this kernel lacks (bpf_redirect_peer 5.10,
-            # bpf_redirect_neigh with a next hop 5.13): the load says why
-            self._fn_pod = bpf.load_func(b"from_pod", BPF.SCHED_CLS)
-            self._fn_uplink = bpf.load_func(b"from_uplink", BPF.SCHED_CLS)
-        except Exception as e:
-            bpf.cleanup()
-            raise HostRoutingUnavailable(f"the kernel refused the tc program: {' '.join(str(e).split())[:300]}") \
-                from None
-        self._bpf = bpf
+        log.info("host routing: compiled and loaded in a child process (%.2f s CPU, %.0f MB peak there; "
+                 "moord keeps only the fds)", loaded.child_cpu_s, loaded.child_peak_kib / 1024)
+        self._loaded = loaded
+        self._maps = loaded.maps
         self._tc = Tc()
         # before anything is attached: no packet meets the program before the trie is filled
         self._mtus = RouteMtus()
@@ -168,11 +169,11 @@ class HostRouting:
 
     # -- pods ------------------------------------------------------------------------------------
     def pod_route(self, dst, oif: int, present: bool) -> None:
-        """A proto-109 route appeared or went (from the route watch). Never raises: a pod the
-        program cannot serve is served by the normal stack."""
+        """A proto-109 route appeared or went (from the route watch; `dst` a network, a string or
+        a bgp.wire key). Never raises: a pod the program cannot serve is served by the normal stack."""
         if not oif:
             return
-        dst = ipaddress.ip_network(dst)
+        dst = key_of(dst)
         if present:
             self.routes.setdefault(oif, set()).add(dst)
             if self.ready:
@@ -182,13 +183,13 @@ class HostRouting:
         if dsts is None or dst not in dsts:
             return
         dsts.discard(dst)
-        if self._bpf is not None:
-            self._bpf[b"sources"].pop(self._bpf[b"sources"].Key.from_buffer_copy(_src_key(oif, dst)), None)
+        if self._maps:
+            self._maps["sources"].delete(_src_key(oif, dst))
         if not dsts:  # the pod is gone (its veth with it, and the filter with the veth)
             del self.routes[oif]
             self.attached.discard(oif)
-            if self._bpf is not None:
-                self._bpf[b"pods"].pop(self._bpf[b"pods"].Key(oif), None)
+            if self._maps:
+                self._maps["pods"].delete(_U32.pack(oif))
 
     def attach_all(self) -> None:
         """On the loop, once start() returned: every pod known so far, then the uplinks."""
@@ -201,31 +202,31 @@ class HostRouting:
                             "the normal stack", name)
                 continue
             try:
-                self._attach(link.index, self._fn_uplink.fd)
+                self._attach(link.index, self._loaded.progs["from_uplink"])
                 log.info("host routing: attached to uplink %s (to local pods only)", name)
             except OSError as e:
                 log.warning("host routing: cannot attach to uplink %s: %s", name, e)
         self.ready = True
 
     def _attach_pod(self, oif: int, dsts: list) -> None:
-        b = self._bpf
+        m = self._maps
         link = self._tc.link_get(index=oif)
         if link is None or link.kind != "veth":  # gone already, or not a pod's veth after all
             log.debug("host routing: ifindex %d is %s: not attached", oif, "gone" if link is None else link.kind)
             return
-        keys = [b[b"sources"].Key.from_buffer_copy(_src_key(oif, d)) for d in dsts]
+        keys = [_src_key(oif, d) for d in dsts]
         for k in keys:
-            b[b"sources"][k] = b[b"sources"].Leaf(1)
-        b[b"pods"][b[b"pods"].Key(oif)] = b[b"pods"].Leaf(1)
+            m["sources"].update(k, ONE)
+        m["pods"].update(_U32.pack(oif), ONE)
         if oif in self.attached:
             return
         try:
-            self._attach(oif, self._fn_pod.fd)
+            self._attach(oif, self._loaded.progs["from_pod"])
         except OSError as e:  # the pod works through the normal stack; the maps as they were
             for k in keys:
-                b[b"sources"].pop(k, None)
+                m["sources"].delete(k)
             if not self.routes.get(oif, set()) - set(dsts):
-                b[b"pods"].pop(b[b"pods"].Key(oif), None)
+                m["pods"].delete(_U32.pack(oif))
             log.warning("host routing: cannot attach to %s: %s (its pod uses the normal stack)", link.name, e)
             return
         log.debug("host routing: attached to %s", link.name)
@@ -269,12 +270,12 @@ class HostRouting:
             for dst, mtu in self._mtus.bounds().items():
                 low[dst.version] = min(mtu, low.get(dst.version, mtu))
             want = {lpm_key(ipaddress.ip_network("0.0.0.0/0" if v == 4 else "::/0")): m for v, m in low.items()}
-        t = self._bpf[b"route_mtu"]
+        t = self._maps["route_mtu"]
         for k, mtu in want.items():
             if self.mtu_trie.get(k) != mtu:
-                t[t.Key.from_buffer_copy(k)] = t.Leaf(mtu)
+                t.update(k, _U32.pack(mtu))
         for k in [k for k in self.mtu_trie if k not in want]:
-            t.pop(t.Key.from_buffer_copy(k), None)
+            t.delete(k)
         if want != self.mtu_trie:
             log.info("host routing: %d route MTU bound(s) for the fast path (routes with an MTU metric)", len(want))
         self.mtu_trie = want
@@ -282,10 +283,10 @@ class HostRouting:
     # -- reading and stopping ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         """Packets by outcome, summed over CPUs."""
-        if self._bpf is None:
+        if not self._maps:
             return {}
-        t = self._bpf[b"counters"]
-        return {name: sum(t[t.Key(i)]) for i, name in enumerate(COUNTERS)}
+        t = self._maps["counters"]
+        return {name: t.percpu_u64_sum(_U32.pack(i)) for i, name in enumerate(COUNTERS)}
 
     def close(self, detach: bool) -> None:
         """`detach`: remove moor's filter from every device it is on (a full shutdown). Otherwise
@@ -306,9 +307,9 @@ class HostRouting:
                 self.attached.clear()
             self._tc.close()
             self._tc = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._loaded is not None:
+            self._loaded.close()
+            self._loaded, self._maps = None, {}
         self.ready = False
 
 

@@ -58,6 +58,7 @@ from typing import Optional
 from cni.netlink.netns import run_in
 from dataplane.probe.errors import ProbeUnavailable
 from dataplane.probe.kclock import kernel_hz
+from dataplane.bpfsys import bpf, possible_cpus
 from dataplane.probe.kheaders import compile_bpf
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h, Linux 5.14+
@@ -65,7 +66,6 @@ SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h, Linux 5.14+
 _BPF_SRC = Path(__file__).with_name("sessions.bpf.c")
 
 # bpf(2) commands, program and attach types (include/uapi/linux/bpf.h; stable ABI numbers)
-_NR_BPF = {"x86_64": 321, "aarch64": 280}
 _BPF_PROG_LOAD = 5
 _BPF_PROG_ATTACH = 8
 _BPF_PROG_DETACH = 9
@@ -81,7 +81,6 @@ _HELPER_GET_NETNS_COOKIE = 122
 # counters[] slots in sessions.bpf.c
 _C_REFUSED, _C_REFUSED_TRIES, _C_NEW = 0, 1, 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,18 +214,6 @@ def netns_cookie(netns_path: str) -> int:
 # kernel plumbing
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
-    nr = _NR_BPF.get(os.uname().machine)
-    if nr is None:
-        raise OSError(errno.ENOSYS, "bpf syscall number unknown for this architecture")
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
-
-
 def _skb_can_get_netns_cookie() -> bool:
     """Whether cgroup_skb programs may call bpf_get_netns_cookie(skb) (2025 kernels): load a
     four-instruction program and let the verifier say."""
@@ -240,7 +227,7 @@ def _skb_can_get_netns_cookie() -> bool:
     attr = struct.pack("<IIQQIIQI", _PROG_CGROUP_SKB, len(insns) // 8, ctypes.addressof(ibuf),
                        ctypes.addressof(lic), 0, 0, 0, 0).ljust(128, b"\0")
     try:
-        fd = _bpf(_BPF_PROG_LOAD, attr)
+        fd = bpf(_BPF_PROG_LOAD, attr)
     except OSError:
         return False
     os.close(fd)
@@ -249,19 +236,6 @@ def _skb_can_get_netns_cookie() -> bool:
 
 # the kernel's HZ: CONFIG_HZ when the config is readable, else measured from /proc/timer_list
 _kernel_hz = kernel_hz
-
-
-def _possible_cpus() -> int:
-    """How many CPUs per-CPU maps allocate for (/sys/devices/system/cpu/possible: '0-3,8-11')."""
-    try:
-        with open("/sys/devices/system/cpu/possible") as f:
-            n = 0
-            for part in f.read().strip().split(","):
-                lo, _, hi = part.partition("-")
-                n += int(hi or lo) - int(lo) + 1
-            return max(1, n)
-    except (OSError, ValueError):
-        return os.cpu_count() or 1
 
 
 _L2_BUDGET = 16 << 20    # bytes for the per-CPU flow caches of the whole node
@@ -323,13 +297,13 @@ class _Attachment:
 def _attach(prog_fd: int, target_fd: int, attach_type: int) -> _Attachment:
     attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, 0).ljust(64, b"\0")
     try:
-        return _Attachment(prog_fd, target_fd, attach_type, link_fd=_bpf(_BPF_LINK_CREATE, attr))
+        return _Attachment(prog_fd, target_fd, attach_type, link_fd=bpf(_BPF_LINK_CREATE, attr))
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
     # kernels before bpf links for cgroups (5.7): a plain multi-attachment, detached in close()
     attr = struct.pack("<IIII", target_fd, prog_fd, attach_type, _F_ALLOW_MULTI).ljust(64, b"\0")
-    _bpf(_BPF_PROG_ATTACH, attr)
+    bpf(_BPF_PROG_ATTACH, attr)
     return _Attachment(prog_fd, target_fd, attach_type)
 
 
@@ -340,7 +314,7 @@ def _detach(a: _Attachment) -> None:
         return
     attr = struct.pack("<IIII", a.target_fd, a.prog_fd, a.attach_type, 0).ljust(64, b"\0")
     try:
-        _bpf(_BPF_PROG_DETACH, attr)
+        bpf(_BPF_PROG_DETACH, attr)
     except OSError as e:
         if e.errno != errno.ENOENT:
             raise
@@ -432,7 +406,7 @@ class SessionProbe:
         cflags = [f"-DMAX_SESSIONS={self.max_sessions}",
                   f"-DREFUSED_MAX={min(16384, max(1024, self.max_sessions // 16))}",
                   f"-DGRAN_NS={int(self.granularity_s * 1e9)}ULL",
-                  f"-DL2_BITS={_l2_bits(_possible_cpus())}"]
+                  f"-DL2_BITS={_l2_bits(possible_cpus())}"]
         if self.hz:
             cflags.append(f"-DGRAN_J={max(1, math.ceil(self.granularity_s * self.hz))}ULL")
         if self.netns_from_skb:

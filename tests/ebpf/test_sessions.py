@@ -25,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+from dataplane import bpfsys
 from dataplane.nslab import Lab
 from dataplane.probe import sessions as sessions_mod
 from dataplane.probe.errors import ProbeUnavailable
@@ -423,7 +424,7 @@ def test_netns_from_a_sock_create_hook_on_older_kernels(pair: Pair, monkeypatch)
 def _prog_id(fd: int) -> int:
     info = ctypes.create_string_buffer(256)
     attr = struct.pack("<IIQ", fd, 256, ctypes.addressof(info)).ljust(64, b"\0")
-    sessions_mod._bpf(15, attr)                       # BPF_OBJ_GET_INFO_BY_FD
+    bpfsys.bpf(15, attr)                       # BPF_OBJ_GET_INFO_BY_FD
     return struct.unpack_from("<I", info.raw, 4)[0]   # struct bpf_prog_info.id
 
 
@@ -433,7 +434,7 @@ def _attached_ids(attach_type: int) -> set[int]:
         ids = (ctypes.c_uint32 * 256)()
         attr = bytearray(struct.pack("<IIIIQI", fd, attach_type, 0, 0, ctypes.addressof(ids), 256).ljust(64, b"\0"))
         buf = ctypes.create_string_buffer(bytes(attr), len(attr))
-        nr = sessions_mod._NR_BPF[os.uname().machine]
+        nr = bpfsys.NR_BPF[os.uname().machine]
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syscall(ctypes.c_long(nr), ctypes.c_int(16), buf, ctypes.c_uint(len(attr))) != 0:  # BPF_PROG_QUERY
             raise OSError(ctypes.get_errno(), "BPF_PROG_QUERY")
@@ -461,11 +462,11 @@ CHILD = """
     p = SessionProbe()
     p.start()
     import ctypes, struct
-    from dataplane.probe import sessions as m
+    from dataplane import bpfsys as m
     ids = []
     for fd in p.prog_fds().values():
         info = ctypes.create_string_buffer(256)
-        m._bpf(15, struct.pack("<IIQ", fd, 256, ctypes.addressof(info)).ljust(64, b"\\0"))
+        m.bpf(15, struct.pack("<IIQ", fd, 256, ctypes.addressof(info)).ljust(64, b"\\0"))
         ids.append(struct.unpack_from("<I", info.raw, 4)[0])
     print(json.dumps(ids), flush=True)
     time.sleep(120)
@@ -475,7 +476,7 @@ CHILD = """
 def test_a_killed_owner_leaves_nothing_attached():
     """The attachments are bpf links owned by the process: SIGKILL (no close(), no atexit) must
     not leave programs on the root cgroup."""
-    if not sessions_mod._NR_BPF.get(os.uname().machine):
+    if not bpfsys.NR_BPF.get(os.uname().machine):
         pytest.skip("bpf syscall number unknown here")
     proc = subprocess.Popen([PY, "-c", textwrap.dedent(CHILD)], stdout=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
