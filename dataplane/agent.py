@@ -34,7 +34,7 @@ import yaml
 from bgp.attribute.communities import parse as parse_community
 from bgp.session import LocalConfig, PeerConfig
 from bgp.speaker import Speaker, canonical
-from bgp.wire import key_network, key_str
+from bgp.wire import key_str
 
 from . import logs
 from . import metrics as metrics_server
@@ -650,9 +650,9 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
                 speaker.announce(dst)
             # the pod veths: host routing attaches to them, or (off) cleans what a predecessor left
             pod_devices = {oif for oif in watch.routes.values() if oif}
-            if hr is not None:  # networks only here: no object per route otherwise (100k routes)
+            if hr is not None:  # the watch's own key bytes: no object per route (100k routes)
                 for k, oif in watch.routes.items():
-                    hr.pod_route(key_network(k[0]), oif, True)
+                    hr.pod_route(k[0], oif, True)
         else:
             present, pod_devices = [], set()
 

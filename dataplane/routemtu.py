@@ -117,27 +117,26 @@ def bounds(routes) -> dict:
     return out
 
 
+def _metric_route(m: w.Message):
+    p = parse(m.body) if m.type == w.RTM_NEWROUTE else None
+    return p if p is not None and p[1] is not None else None
+
+
 def read_tables() -> dict:
-    """Every metric route in every table, both families: key -> MetricRoute."""
+    """Every metric route in every table, both families: key -> MetricRoute. Only those are kept
+    while the dump is read (a node with 100k pod routes holds none of them here)."""
     out: dict = {}
     with RTNL() as nl:
         for fam in (socket.AF_INET, socket.AF_INET6):
             body = w.RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
-            for attempt in range(20):
-                try:
-                    msgs = nl._request(w.RTM_GETROUTE, w.NLM_F_DUMP, body, "dump routes for their MTU metrics")
-                    break
-                except NetlinkError as e:
-                    if e.errno == errno.EAGAIN and attempt < 19:  # changed while read: again
-                        continue
-                    if fam == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
-                        msgs = []
-                        break
-                    raise
-            for m in msgs:
-                p = parse(m.body) if m.type == w.RTM_NEWROUTE else None
-                if p is not None and p[1] is not None:
-                    out[p[0]] = p[1]
+            try:
+                kept = nl.dump(w.RTM_GETROUTE, body, "dump routes for their MTU metrics", attempts=20,
+                               keep=_metric_route)
+            except NetlinkError as e:
+                if fam == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                    continue
+                raise
+            out.update(kept)
     return out
 
 

@@ -93,7 +93,9 @@ class RTNL:
         self.close()
 
     # -- transport -----------------------------------------------------------------------
-    def _request(self, mtype: int, flags: int, body: bytes, what: str) -> list[w.Message]:
+    def _request(self, mtype: int, flags: int, body: bytes, what: str, keep=None) -> list:
+        """The reply's messages; with `keep`, keep(message) of each where that is not None (a dump
+        of 100k routes is then never held whole)."""
         self._seq += 1
         seq = self._seq
         self.sock.send(w.pack_msg(mtype, flags | w.NLM_F_REQUEST | w.NLM_F_ACK, seq, body))
@@ -117,14 +119,18 @@ class RTNL:
                     if msg.flags & w.NLM_F_DUMP_INTR:
                         raise NetlinkError(errno.EAGAIN, f"{what} (interrupted by a change; retry)")
                     return out
-                out.append(msg)
+                if keep is None:
+                    out.append(msg)
+                elif (kept := keep(msg)) is not None:
+                    out.append(kept)
 
-    def dump(self, mtype: int, body: bytes, what: str, attempts: int = 3) -> list[w.Message]:
+    def dump(self, mtype: int, body: bytes, what: str, attempts: int = 3, keep=None) -> list:
         """A dump request, read again when the kernel marks it interrupted by a change (a partial
-        dump must not pass for the whole); NetlinkError EAGAIN after `attempts` such reads."""
+        dump must not pass for the whole); NetlinkError EAGAIN after `attempts` such reads. `keep`:
+        as in _request."""
         for attempt in range(attempts):
             try:
-                return self._request(mtype, w.NLM_F_DUMP, body, what)
+                return self._request(mtype, w.NLM_F_DUMP, body, what, keep)
             except NetlinkError as e:
                 if e.errno != errno.EAGAIN or attempt == attempts - 1:
                     raise
