@@ -15,11 +15,13 @@ socket, API socket and GR state file in the temp dir, metrics off, node forwardi
   CPU@all      moord user+sys s (/proc/PID/stat) when BIRD holds all N
   CPU idle     the same once moord's CPU stopped moving (no tick in IDLE_S), after delivery
   peak RSS     VmHWM of moord, read once idle
+  compile      host routing's compile child (dataplane/bpfload.py): its peak RSS, from moord's log; the
+               node pays it once, for under a second at start; its CPU is in moord's (a waited child)
 GoBGP: gobgpd, then `gobgp mrt inject` of the same N /32s (bench/bgp_routes.py run_one); its
 start->all holds its 5-10 s first-connect timer, so its est->all is the comparable delivery time;
 its CPU is gobgpd's, read when BIRD holds all N (the inject CLI is a separate process, not counted).
 
-Run as root: ./run bench agent [-n 100000] [--repeat 3] [--no-gobgp] [--profile]
+Run as root: ./run bench agent [-n 100000] [--repeat 3] [--no-gobgp] [--no-host-routing] [--profile]
   (--profile: one more moord run under cProfile, top functions printed)
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import pstats
+import re
 import shutil
 import signal
 import statistics
@@ -57,6 +60,7 @@ class Run:
     cpu_all: float = float("nan")
     cpu_idle: float = float("nan")
     rss_kib: int = 0
+    child_mb: float = float("nan")  # host routing's compile child, peak RSS (moord's log line)
 
     @property
     def est_all(self) -> float:
@@ -77,25 +81,26 @@ def load_table(lab: Lab, node: str, work: Path, n: int) -> None:
         raise RuntimeError(f"the node's table holds {got} routes of proto 109, not {n}")
 
 
-def moord_conf(d: Path) -> Path:
+def moord_conf(d: Path, host_routing: bool = True) -> Path:
     conf = d / "moord.yaml"
     conf.write_text(f"bgp:\n  asn: {NODE_AS}\n  routerId: {NODE}\n  holdTime: 240\n  listenAddress: {NODE}\n"
                     f"  listenPort: 1179\n  gracefulRestart:\n    stateFile: {d / 'moord-gr.json'}\n"
                     f"  peers:\n    - address: {TOR}\n      asn: {TOR_AS}\n"
                     f"api:\n  socket: {d / 'moord.sock'}\ncni:\n  socket: ''\nmetrics:\n  port: 0\n"
-                    f"probe:\n  enabled: false\nnode:\n  forwarding: 'off'\n")
+                    f"probe:\n  enabled: false\nnode:\n  forwarding: 'off'\n"
+                    + ("" if host_routing else "dataplane:\n  hostRouting: false\n"))
     return conf
 
 
 def run_moord(lab: Lab, tor: str, node: str, work: Path, n: int, poll: float, i: int,
-              profile: Path | None = None) -> Run:
+              profile: Path | None = None, host_routing: bool = True) -> Run:
     d = Path(tempfile.mkdtemp(prefix=f"moord-{i}-", dir=work))
     bird = Bird(lab, tor, d / "bird", "moord")
     res = Run("moord")
     proc = None
     try:
         bird.start()
-        conf = moord_conf(d)
+        conf = moord_conf(d, host_routing)
         cmd = [PY, "-m", "dataplane.agent", "--config", str(conf)]
         if profile is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(profile)]
@@ -126,6 +131,9 @@ def run_moord(lab: Lab, tor: str, node: str, work: Path, n: int, poll: float, i:
             if c != last:
                 last, still = c, time.monotonic()
         res.cpu_idle, res.rss_kib = last, hwm_kib(proc.pid)
+        m = re.search(rb"child process \([0-9.]+ s CPU, ([0-9.]+) MB peak there", (d / "moord.log").read_bytes())
+        if m:
+            res.child_mb = float(m.group(1))
         return res
     finally:
         if proc is not None and proc.poll() is None:
@@ -154,6 +162,9 @@ def report(n: int, moord: list[Run], gobgp: list) -> None:
     print(f"  CPU@all      {_spread([r.cpu_all for r in moord], lambda x: f'{x:.2f} s')}")
     print(f"  CPU idle     {_spread([r.cpu_idle for r in moord], lambda x: f'{x:.2f} s')}")
     print(f"  peak RSS     {_spread([r.rss_kib / 1024 for r in moord], lambda x: f'{x:.1f} MB')}")
+    if any(r.child_mb == r.child_mb for r in moord):
+        print(f"  compile      {_spread([r.child_mb for r in moord if r.child_mb == r.child_mb], lambda x: f'{x:.0f} MB')} peak in host routing's "
+              "compile child, gone once loaded")
     if not gobgp:
         return
     print(f"GoBGP, the same {n} /32s by `gobgp mrt inject`, {len(gobgp)} run(s)")
@@ -175,6 +186,8 @@ def main() -> int:
     ap.add_argument("-n", "--routes", type=int, default=100_000, help="kernel routes (default 100000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved (default 3)")
     ap.add_argument("--no-gobgp", action="store_true", help="moord runs only")
+    ap.add_argument("--no-host-routing", action="store_true",
+                    help="moord with dataplane.hostRouting false (default: moord's default, on)")
     ap.add_argument("--poll", type=float, default=0.005, help="BIRD polling interval, s (default 0.005)")
     ap.add_argument("--profile", action="store_true", help="then one moord run under cProfile")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
@@ -203,7 +216,7 @@ def main() -> int:
             load_table(lab, node, work, n)
             print(f"{n} routes proto 109 in the node netns ({_ms(time.monotonic() - t)})", flush=True)
             for i in range(args.repeat):  # interleaved, so drift on the machine hits both alike
-                r = run_moord(lab, tor, node, work, n, args.poll, i)
+                r = run_moord(lab, tor, node, work, n, args.poll, i, host_routing=not args.no_host_routing)
                 moord.append(r)
                 print(f"  moord #{i + 1}: start->all {_ms(r.start_all)}, CPU@all {r.cpu_all:.2f} s, idle "
                       f"{r.cpu_idle:.2f} s, peak RSS {r.rss_kib / 1024:.1f} MB", flush=True)
@@ -213,7 +226,8 @@ def main() -> int:
                     print(f"  gobgp #{i + 1}: est->all {_ms(g.est_all)}, CPU {g.cpu:.2f} s, "
                           f"peak RSS {g.rss_kib / 1024:.1f} MB", flush=True)
             if prof is not None:
-                r = run_moord(lab, tor, node, work, n, args.poll, args.repeat, profile=prof)
+                r = run_moord(lab, tor, node, work, n, args.poll, args.repeat, profile=prof,
+                              host_routing=not args.no_host_routing)
                 print(f"  moord under cProfile: start->all {_ms(r.start_all)}", flush=True)
     except KeyboardInterrupt:
         print("interrupted; namespaces and processes removed", file=sys.stderr)
