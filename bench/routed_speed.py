@@ -133,6 +133,17 @@ def _host_routing(lab: Lab, node: str):
     return hr
 
 
+def _bpf_stats(on: bool) -> bool:
+    """kernel.bpf_stats_enabled to `on` (the program's run count and time); what it was."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    try:
+        was = path.read_text().strip() == "1"
+        path.write_text("1" if on else "0")
+        return was
+    except OSError:
+        return False
+
+
 def run_tcp(s: Setup, seconds: float) -> float:
     r = s.lab.run(s.a, "iperf3", "-c", s.b_ip, "-t", str(seconds), "-A", "0,1", "-J", timeout=seconds + 60)
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -183,6 +194,7 @@ def main() -> int:
                 lab.spawn(s.b, ["taskset", "-c", "1", *tools.receiver, str(SINK_PORT)], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
             time.sleep(0.5)
+            stats_was = _bpf_stats(True)
             do = {"tcp": lambda s: run_tcp(s, args.seconds),
                   "udp1400": lambda s: run_udp(po, tools, s, args.seconds, 1400),
                   "udp64": lambda s: run_udp(po, tools, s, args.seconds, 64)}
@@ -194,7 +206,10 @@ def main() -> int:
                     print(f"  rep {rep + 1}/{args.reps} {f}: " + " ".join(
                         f"{n} {runs[f][n][-1]:.3f}" for n in SETUPS) + f" {FIGURES[f]}", file=sys.stderr, flush=True)
             counters = hr.counters() if hr is not None else {}
+            progs = hr.prog_stats() if hr is not None else {}
         finally:
+            if "stats_was" in locals():
+                _bpf_stats(stats_was)
             if hr is not None:
                 hr.close(detach=True)
             lab.close(close_pipes=True)
@@ -211,6 +226,9 @@ def main() -> int:
     print("medians: " + "; ".join(f"{f}: " + ", ".join(f"{n} {statistics.median(runs[f][n]):.3f}" for n in SETUPS)
                                   + f" {FIGURES[f]}" for f in figures))
     print(f"host routing counters over the run: {counters}")
+    for name, (n, ns) in progs.items():
+        if n:
+            print(f"host routing program {name}: {n} runs, {ns / n:.0f} ns per run (kernel.bpf_stats_enabled)")
     goals = []
     for f in figures:
         r = statistics.median([x / v for x, v in zip(runs[f]["routed+hr"], runs[f]["veth"]) if v])

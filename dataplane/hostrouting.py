@@ -288,6 +288,11 @@ class HostRouting:
         t = self._maps["counters"]
         return {name: t.percpu_u64_sum(_U32.pack(i)) for i, name in enumerate(COUNTERS)}
 
+    def prog_stats(self) -> dict[str, tuple[int, int]]:
+        """(runs, total ns) per program; the kernel counts only while kernel.bpf_stats_enabled=1."""
+        from .probe.kheaders import run_stats
+        return {name: run_stats(fd) for name, fd in self._loaded.progs.items()} if self._loaded else {}
+
     def close(self, detach: bool) -> None:
         """`detach`: remove moor's filter from every device it is on (a full shutdown). Otherwise
         the filters stay, and with them the program and its maps (a restart stop)."""
