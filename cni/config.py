@@ -28,6 +28,9 @@ class HostShim:
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(default_factory=list)
 
 
+DEFAULT_GC_GRACE_S = 60.0
+
+
 @record
 class NetConf:
     cni_version: str
@@ -46,6 +49,9 @@ class NetConf:
     default_route: bool = True
     state_dir: str = DEFAULT_STATE_DIR
     agent_socket: str = "/run/moor/cni.sock"  # moord's CNI socket (cni/entry.py); "": none
+    # GC leaves an attachment younger than this alone, and releases one only on a pass this long
+    # after a pass first found it missing: a runtime's list may predate an ADD that just finished
+    gc_grace_s: float = DEFAULT_GC_GRACE_S
     ipam: dict = field(default_factory=dict)
     dns: dict = field(default_factory=dict)
     runtime_config: dict = field(default_factory=dict)  # keys lower-cased (runtimes capitalise)
@@ -85,6 +91,21 @@ def _get(doc: dict, key: str, typ: type | tuple, default: Any = None, required: 
         names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
         raise CNIError(INVALID_CONFIG, f"invalid network config: {key!r} must be {names}, got {json.dumps(val)}")
     return val
+
+
+def _gc_grace(doc: dict, ipam: dict) -> float:
+    """'gcGraceSeconds', else the IPAM section's (moor-ipam's, so both layers wait alike), else 60."""
+    for where, d in (("gcGraceSeconds", doc), ("ipam.gcGraceSeconds", ipam)):
+        v = d.get("gcGraceSeconds")
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            if d is ipam:
+                break  # the IPAM plugin reports its own field
+            raise CNIError(INVALID_CONFIG, f"invalid network config: {where!r} must be a number >= 0, "
+                           f"got {json.dumps(v)}")
+        return float(v)
+    return DEFAULT_GC_GRACE_S
 
 
 def parse(doc: dict) -> NetConf:
@@ -130,6 +151,7 @@ def parse(doc: dict) -> NetConf:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'agentSocket' {conf.agent_socket!r} is not an "
                        "absolute path (\"\" turns the agent off)")
     conf.ipam = _get(doc, "ipam", dict, {})
+    conf.gc_grace_s = _gc_grace(doc, conf.ipam)
     if doc.get("ipam") is not None:
         t = _get(conf.ipam, "type", str, required=True)
         if not t or "/" in t:

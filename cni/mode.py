@@ -3,6 +3,7 @@ GC of attachments the runtime forgot, STATUS."""
 from __future__ import annotations
 
 import os
+import time
 
 from . import config, delegate
 from . import mac as macs
@@ -104,10 +105,13 @@ class Mode:
 
     def gc(self) -> None:
         """Release attachments the runtime no longer lists. Like a leak in IPAM, a record is
-        released only when a second GC still finds it missing (an ADD may be in flight while the
-        runtime builds its list), and never while another operation holds its lock. A list that
-        is missing or malformed is code 7 and nothing is touched."""
+        released only when a GC at least gcGraceSeconds after the one that first found it missing
+        still finds it missing, a record younger than that is not judged at all (the runtime's list
+        may predate an ADD that finished since: two overlapping GCs with such lists must not release
+        a live pod), and never while another operation holds its lock. A list that is missing or
+        malformed is code 7 and nothing is touched."""
         valid = config.gc_attachments(self.conf.raw)
+        now, grace = time.time(), self.conf.gc_grace_s
         ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
         for seen in self.store.all(self.conf.name):
             if (seen.container_id, seen.ifname) in valid:
@@ -133,8 +137,11 @@ class Mode:
                     lock.discard()  # deleted meanwhile: its lock file goes too
                     continue
                 if not att.gc_seen:
-                    att.gc_seen = 1
-                    self.store.put(att)
+                    if now - self.store.written_at(att) >= grace:
+                        att.gc_seen = now
+                        self.store.put(att)
+                    continue
+                if now - att.gc_seen < grace:
                     continue
                 self._release(att)
                 if self.conf.ipam and not ipam_gc:

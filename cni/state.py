@@ -31,7 +31,9 @@ class Attachment:
     ips: list[str] = field(default_factory=list)  # CIDR strings
     shim: str = ""  # host shim link holding /32 routes to this pod, if any
     host_link: str = ""  # routed mode: the host end of the pod's veth
-    gc_seen: int = 0  # a GC found it missing from the runtime's list once; the next GC releases it
+    # when a GC first found it missing from the runtime's list (epoch seconds; 0: never); a GC at
+    # least the grace period later releases it (1, from records before the time was kept: long ago)
+    gc_seen: float = 0
 
 
 @record
@@ -110,6 +112,16 @@ class Store:
         if att is not None and (att.network, att.container_id, att.ifname) != (network, container_id, ifname):
             return None  # a hash collision, or a record copied by hand: not this attachment's
         return att
+
+    def written_at(self, att: Attachment) -> float:
+        """When the record was last written (its file's mtime); 0 when it cannot be read."""
+        for path in (self._path(att.network, att.container_id, att.ifname),
+                     self._legacy_path(att.network, att.container_id, att.ifname)):
+            try:
+                return os.stat(path).st_mtime
+            except OSError:
+                continue
+        return 0.0
 
     def remove(self, network: str, container_id: str, ifname: str) -> None:
         path = self._path(network, container_id, ifname)

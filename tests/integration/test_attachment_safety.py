@@ -277,8 +277,9 @@ def test_gc_gives_back_the_host_local_ip_of_an_add_killed_after_ipam(net: Macvla
     """host-local has no GC: an ADD killed after its IPAM step, for a sandbox whose runtime
     crashed (no DEL), left a lease no record named, lost for good. The ADD now records the
     attachment as pending before IPAM; GC releases it through IPAM DEL."""
-    conf = _conf(net, mode, cniVersion="1.1.0", ipam={"type": "host-local", "dataDir": str(net.tmp / "hl"),
-                                                   "ranges": [[{"subnet": "192.0.2.0/24", "gateway": GATEWAY}]]})
+    conf = _conf(net, mode, cniVersion="1.1.0", gcGraceSeconds=0,
+                 ipam={"type": "host-local", "dataDir": str(net.tmp / "hl"),
+                       "ranges": [[{"subnet": "192.0.2.0/24", "gateway": GATEWAY}]]})
     leases = net.tmp / "hl" / "safe"
     net.pod("pod1")
     before = net.snapshot()

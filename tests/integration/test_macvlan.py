@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from cni.state import digest
+from cni.state import Store, digest
 
 from dataplane.nslab import sh
 from tests.helpers import ipj, run_cni
@@ -228,8 +230,42 @@ def test_chained_add_appends_to_prev_result(net: MacvlanNet):
     assert res["ips"][1]["interface"] == 1
 
 
+def test_gc_judges_no_young_attachment_and_waits_the_grace_after_marking(net: MacvlanNet):
+    """A runtime's list can predate an ADD that finished since, and two overlapping GCs can both
+    hold such a list: a record younger than gcGraceSeconds is not marked, and a marked one is
+    released only by a pass gcGraceSeconds after the mark. Ages are set on the record itself
+    (file time, mark time), so no clock in the test matters."""
+    conf = net.conf("1.1.0", gcGraceSeconds=3600)
+    net.add("pod1", conf)
+    stale = dict(conf, **{"cni.dev/valid-attachments": []})  # as listed before pod1's ADD
+    store = Store(str(net.tmp / "state"))
+    path = store._path("mnet", "cid-pod1", "eth0")
+
+    def gc() -> None:
+        r = run_cni(net.node, "GC", stale, path=net.path, container_id="", netns="", ifname="")
+        assert r.code == 0, r.stdout
+
+    for _ in range(2):  # young: neither pass judges it
+        gc()
+    assert store.get("mnet", "cid-pod1", "eth0").gc_seen == 0
+    old = time.time() - 7200
+    os.utime(path, (old, old))  # written two hours ago
+    gc()
+    seen = store.get("mnet", "cid-pod1", "eth0").gc_seen
+    assert seen > old
+    gc()  # marked just now: not yet
+    assert store.get("mnet", "cid-pod1", "eth0") is not None
+    assert any(a["ifname"] == "eth0" for a in ipj(net.pods["pod1"], "link", "show"))
+    rec = json.loads(Path(path).read_text())
+    rec["gc_seen"] = seen - 3600  # the mark is a grace period old
+    Path(path).write_text(json.dumps(rec))
+    gc()
+    assert store.get("mnet", "cid-pod1", "eth0") is None
+    assert not any(a["ifname"] == "eth0" for a in ipj(net.pods["pod1"], "link", "show"))
+
+
 def test_gc_releases_attachments_the_runtime_no_longer_lists(net: MacvlanNet):
-    conf = net.conf("1.1.0", hostShim=True)
+    conf = net.conf("1.1.0", hostShim=True, gcGraceSeconds=0)
     r1, r2 = net.add("pod1", conf), net.add("pod2", conf)
     gc_conf = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "cid-pod2", "ifname": "eth0"}]})
     r = run_cni(net.node, "GC", gc_conf, path=net.path, container_id="", netns="", ifname="")

@@ -63,3 +63,19 @@ def test_vlan_parent_name():
 ])
 def test_config_errors(over, code):
     assert _code(config.parse, dict(BASE, **over)) == code
+
+
+def test_gc_grace_top_level_then_the_ipam_section_then_60():
+    assert config.parse(dict(BASE)).gc_grace_s == 60.0
+    assert config.parse(dict(BASE, ipam={"type": "moor-ipam", "gcGraceSeconds": 5})).gc_grace_s == 5.0
+    assert config.parse(dict(BASE, gcGraceSeconds=0.5,
+                             ipam={"type": "moor-ipam", "gcGraceSeconds": 5})).gc_grace_s == 0.5
+    # the IPAM section's own bad value is the IPAM plugin's to report: here, the default
+    assert config.parse(dict(BASE, ipam={"type": "moor-ipam", "gcGraceSeconds": "x"})).gc_grace_s == 60.0
+
+
+@pytest.mark.parametrize("bad", [-1, "5", True, [1]])
+def test_gc_grace_must_be_a_non_negative_number(bad):
+    with pytest.raises(CNIError) as e:
+        config.parse(dict(BASE, gcGraceSeconds=bad))
+    assert e.value.code == 7 and "gcGraceSeconds" in e.value.msg
