@@ -1,4 +1,4 @@
-"""cni/record.py behaves as dataclasses does for what cni/ and ipam/ use of it, and the hot-path
+"""cni/spec/record.py behaves as dataclasses does for what cni/ and ipam/ use of it, and the hot-path
 modules no longer import dataclasses, json, re or subprocess (the point of it)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from cni import record as rec
-from cni.names import valid_id, valid_mac
+from cni.spec import record as rec
+from cni.spec.names import valid_id, valid_mac
 
 
 def _pair():
