@@ -65,13 +65,11 @@ def _run_once(name: str, command: str, environ: Mapping[str, str], path: list[st
         stdout, returncode = call(env, json.dumps(conf).encode())
         stderr = b""
     else:
-        import subprocess  # only to execute another plugin: moor-ipam alone never pays for it (~4 ms)
+        from . import spawn  # only to execute another plugin: moor-ipam in process never pays for it
         try:
-            proc = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, capture_output=True,
-                                  timeout=TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
+            stdout, stderr, returncode = spawn.run(exe, json.dumps(conf).encode(), env, TIMEOUT_S)
+        except (OSError, spawn.Timeout) as e:
             raise CNIError(IPAM_FAILED, f"IPAM plugin {name} {command} could not run: {e}") from e
-        stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
     out = stdout.strip()
     doc = None
     if out:

@@ -67,6 +67,25 @@ def test_nested_asdict_and_class_errors():
             a: list = []
 
 
+def test_init_is_compiled_by_the_first_instance():
+    """Compiling an __init__ costs ~0.09 ms: a class nobody instantiates in a call pays nothing."""
+    @rec.record
+    class L:
+        a: int
+        b: list = rec.field(default_factory=list)
+    stub = L.__init__
+
+    class Sub(L):
+        pass
+    assert Sub(1).b == [] and L.__init__ is not stub and L.__init__.__qualname__.endswith("L.__init__")
+    compiled = L.__init__
+    assert L(2, [3]).b == [3] and L.__init__ is compiled
+    with pytest.raises(TypeError):
+        L(1, [], 3)
+    with pytest.raises(TypeError):
+        L(c=1)
+
+
 def test_libcni_names_and_macs():
     assert valid_id("a") and valid_id("web-0.ns_1") and valid_id("0abc")
     for bad in ("", "-a", ".a", "a b", "a/b", "a\n", "é", "a\x00"):
