@@ -1,1 +1,2 @@
-"""moor's CNI plugin: the protocol (env + stdin in, result or error JSON out) and its modes."""
+"""moor's CNI plugin: its attachment modes (macvlan, routed) over the protocol toolkit (cni.spec) and
+the one netlink/netns toolkit (cni.netlink)."""

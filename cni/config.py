@@ -1,19 +1,22 @@
-"""Network configuration: decoded from stdin, validated, every error naming its field."""
+"""moor's network configuration: its keys validated, every error naming its field (the generic
+decoding is cni/spec/netconf.py)."""
 from __future__ import annotations
 
 import ipaddress
-from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
-from .record import record, field
+
+from .spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
+from .spec.record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Any, Optional
 
-from . import version
-from .names import valid_id
-from .errors import DECODE, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
 from .netlink.wire import MACVLAN_MODES
-from .result import Result
+from .spec import version
+from .spec.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
+from .spec.names import valid_id
+from .spec.netconf import get
+from .spec.result import Result
 
 MODES = ("macvlan", "bgp")
 DEVICES = ("auto", "netkit", "veth")  # routed mode's pod device (cni/routed.py)
@@ -68,31 +71,6 @@ class NetConf:
         return self.runtime_config.get(name.lower(), default)
 
 
-def decode(stdin: bytes) -> dict:
-    try:
-        doc = json.loads(stdin)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CNIError(DECODE, f"cannot decode network config: {e}") from e
-    except RecursionError:
-        raise CNIError(DECODE, "cannot decode network config: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise CNIError(DECODE, "network config is not a JSON object")
-    return doc
-
-
-def _get(doc: dict, key: str, typ: type | tuple, default: Any = None, required: bool = False) -> Any:
-    if key not in doc or doc[key] is None:
-        if required:
-            raise CNIError(INVALID_CONFIG, f"invalid network config: missing {key!r}")
-        return default
-    val = doc[key]
-    # bool is an int in Python; a JSON true must not pass as a number
-    if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
-        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise CNIError(INVALID_CONFIG, f"invalid network config: {key!r} must be {names}, got {json.dumps(val)}")
-    return val
-
-
 def _gc_grace(doc: dict, ipam: dict) -> float:
     """'gcGraceSeconds', else the IPAM section's (moor-ipam's, so both layers wait alike), else 60."""
     for where, d in (("gcGraceSeconds", doc), ("ipam.gcGraceSeconds", ipam)):
@@ -109,56 +87,56 @@ def _gc_grace(doc: dict, ipam: dict) -> float:
 
 
 def parse(doc: dict) -> NetConf:
-    ver = _get(doc, "cniVersion", str, required=True)
+    ver = get(doc, "cniVersion", str, required=True)
     version.require_supported(ver)
-    name = _get(doc, "name", str, required=True)
+    name = get(doc, "name", str, required=True)
     if not valid_id(name):  # as libcni validates network names
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' {name!r} is not a valid network name")
-    conf = NetConf(cni_version=ver, name=name, type=_get(doc, "type", str, required=True), raw=doc)
-    conf.mode = _get(doc, "mode", str, "macvlan")
+    conf = NetConf(cni_version=ver, name=name, type=get(doc, "type", str, required=True), raw=doc)
+    conf.mode = get(doc, "mode", str, "macvlan")
     if conf.mode not in MODES:
         raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'mode': {conf.mode!r}",
                        f"modes: {', '.join(MODES)}")
-    conf.master = _get(doc, "master", str, "", required=conf.mode == "macvlan")
+    conf.master = get(doc, "master", str, "", required=conf.mode == "macvlan")
     if conf.mode == "macvlan" and not 0 < len(conf.master) <= 15:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'master' {conf.master!r} is not an interface name")
-    conf.vlan = _get(doc, "vlan", int, 0)
+    conf.vlan = get(doc, "vlan", int, 0)
     if conf.vlan and not 1 <= conf.vlan <= 4094:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'vlan' {conf.vlan} is outside 1-4094")
     if len(conf.parent) > 15:
         raise CNIError(INVALID_CONFIG, f"invalid network config: VLAN parent {conf.parent!r} is longer than 15 bytes",
                        "use a shorter master name (an interface altname) or no 'vlan'")
-    conf.macvlan_mode = _get(doc, "macvlanMode", str, "bridge")
+    conf.macvlan_mode = get(doc, "macvlanMode", str, "bridge")
     if conf.macvlan_mode not in MACVLAN_MODES:
         raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'macvlanMode': {conf.macvlan_mode!r}",
                        f"modes: {', '.join(MACVLAN_MODES)}")
-    conf.mtu = _get(doc, "mtu", int, 0)
+    conf.mtu = get(doc, "mtu", int, 0)
     if conf.mtu and not 68 <= conf.mtu <= 65535:
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'mtu' {conf.mtu} is outside 68-65535")
-    conf.device = _get(doc, "device", str, "veth")
+    conf.device = get(doc, "device", str, "veth")
     if conf.device not in DEVICES:
         raise CNIError(UNSUPPORTED_FIELD, f"unsupported field 'device': {conf.device!r}", f"devices: {', '.join(DEVICES)}")
-    conf.mac_from_ip = _get(doc, "macFromIP", bool, True)
+    conf.mac_from_ip = get(doc, "macFromIP", bool, True)
     conf.host_shim = _host_shim(doc)
-    conf.default_route = _get(doc, "defaultRoute", bool, True)
-    conf.state_dir = _get(doc, "stateDir", str, DEFAULT_STATE_DIR)
+    conf.default_route = get(doc, "defaultRoute", bool, True)
+    conf.state_dir = get(doc, "stateDir", str, DEFAULT_STATE_DIR)
     if not conf.state_dir.startswith("/"):
         # a relative directory would follow the runtime's working directory: DEL from another
         # one would find nothing to undo
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'stateDir' {conf.state_dir!r} is not an absolute path")
-    conf.agent_socket = _get(doc, "agentSocket", str, conf.agent_socket)
+    conf.agent_socket = get(doc, "agentSocket", str, conf.agent_socket)
     if conf.agent_socket and not conf.agent_socket.startswith("/"):
         raise CNIError(INVALID_CONFIG, f"invalid network config: 'agentSocket' {conf.agent_socket!r} is not an "
                        "absolute path (\"\" turns the agent off)")
-    conf.ipam = _get(doc, "ipam", dict, {})
+    conf.ipam = get(doc, "ipam", dict, {})
     conf.gc_grace_s = _gc_grace(doc, conf.ipam)
     if doc.get("ipam") is not None:
-        t = _get(conf.ipam, "type", str, required=True)
+        t = get(conf.ipam, "type", str, required=True)
         if not t or "/" in t:
             raise CNIError(INVALID_CONFIG, f"invalid network config: 'ipam.type' {t!r} is not a plugin name")
-    conf.dns = _get(doc, "dns", dict, {})
-    conf.runtime_config = {str(k).lower(): v for k, v in _get(doc, "runtimeConfig", dict, {}).items()}
-    conf.args = _get(doc, "args", dict, {})
+    conf.dns = get(doc, "dns", dict, {})
+    conf.runtime_config = {str(k).lower(): v for k, v in get(doc, "runtimeConfig", dict, {}).items()}
+    conf.args = get(doc, "args", dict, {})
     prev = doc.get("prevResult")
     if prev is not None:
         conf.prev_result = Result.parse(prev, "prevResult")
@@ -167,7 +145,7 @@ def parse(doc: dict) -> NetConf:
 
 def _host_shim(doc: dict) -> Optional[HostShim]:
     """`hostShim`: true (addresses from the IPAM), false, or {"addresses": ["192.0.2.254/24"]}."""
-    val = _get(doc, "hostShim", (bool, dict), False)
+    val = get(doc, "hostShim", (bool, dict), False)
     if val is True:
         return HostShim()
     if val is False:
@@ -204,28 +182,3 @@ def _host_shim(doc: dict) -> Optional[HostShim]:
                            f"{iface.version} address", "the shim takes one address per IP family")
         shim.addresses.append(iface)
     return shim
-
-
-GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # libcni sends both (SPEC 1.1.0 renamed it)
-
-
-def gc_attachments(doc: dict) -> set[tuple[str, str]]:
-    """The runtime's list of attachments that are still valid, for GC, as (container ID, ifname).
-    Anything malformed is code 7: a GC must never delete on a list it could not read (junk
-    entries dropped would make the list look empty, and every pod a leak)."""
-    present = [k for k in GC_KEYS if k in doc]
-    if not present:
-        raise CNIError(INVALID_CONFIG, "invalid network config: GC needs the list 'cni.dev/valid-attachments'")
-    out: set[tuple[str, str]] = set()
-    for k in present:
-        lst = doc[k]
-        if not isinstance(lst, list):
-            raise CNIError(INVALID_CONFIG, f"invalid network config: {k!r} must be a list, got {json.dumps(lst)[:80]}")
-        for i, a in enumerate(lst):
-            cid = a.get("containerID") if isinstance(a, dict) else None
-            ifname = a.get("ifname") if isinstance(a, dict) else None
-            if not (isinstance(cid, str) and cid and isinstance(ifname, str) and ifname):
-                raise CNIError(INVALID_CONFIG, f"invalid network config: {k}[{i}] must be an object with "
-                               f"non-empty string 'containerID' and 'ifname', got {json.dumps(a)[:80]}")
-            out.add((cid, ifname))
-    return out

@@ -38,7 +38,7 @@ def socket_path(stdin: bytes) -> str:
     fast = _scan_string(stdin, b'"agentSocket"')
     if fast is not None:
         return fast if fast.startswith("/") else ""
-    from . import jsonc as json
+    from .spec import jsonc as json
     try:
         v = json.loads(stdin).get("agentSocket")
     except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):

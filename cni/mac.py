@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from .errors import CNIError
-from .names import valid_mac
+from .spec.errors import CNIError
+from .spec.names import valid_mac
 
 def parse(mac: str, field: str, code: int) -> str:
     if not isinstance(mac, str) or not valid_mac(mac):

@@ -8,14 +8,17 @@ import os
 import sys
 import zlib
 
-from . import announce, delegate, shim as shims
-from .errors import (INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
-                     TRY_AGAIN_LATER, VLAN_UNSUPPORTED, CNIError)
+from ipam.inprocess import IN_PROCESS
+
+from . import announce, shim as shims
 from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
 from .netlink.wire import MACVLAN_MODES, RTPROT_MOOR_SHIM
-from .result import Interface, IPConfig, Result, RouteConfig
+from .spec import delegate
+from .spec.errors import (INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE,
+                          TRY_AGAIN_LATER, VLAN_UNSUPPORTED, CNIError)
+from .spec.result import Interface, IPConfig, Result, RouteConfig
 from .state import Attachment, ShimAddrs
 from .steps import Steps
 
@@ -188,7 +191,7 @@ class MacvlanPlugin(Mode):
         ipam = Result()
         if c.ipam:
             self._record_pending(steps, att)
-            ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
+            ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw, IN_PROCESS),
                              self._ipam_undo)
         mac = self._choose_mac(ipam.ips)
         if c.host_shim is not None and c.host_shim.addresses:

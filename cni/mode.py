@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import time
 
-from . import config, delegate
+from ipam.inprocess import IN_PROCESS, UNDO_ENV
+
 from . import mac as macs
 from .config import NetConf
-from .env import Env
-from .errors import CHECK_FAILED, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link
-from .result import IPConfig, Result
+from .spec import delegate, netconf
+from .spec.env import Env
+from .spec.errors import CHECK_FAILED, INVALID_CONFIG, INVALID_ENV, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
+from .spec.result import IPConfig, Result
 from .state import Attachment, Store
 
 TYPE_CHECKING = False
@@ -53,14 +55,14 @@ class Mode:
 
     # -- helpers -----------------------------------------------------------------------------
     def _ipam(self, command: str) -> Optional[dict]:
-        return delegate.run(self.conf.ipam["type"], command, self.environ, self.env.path, self.conf.raw)
+        return delegate.run(self.conf.ipam["type"], command, self.environ, self.env.path, self.conf.raw, IN_PROCESS)
 
     def _ipam_undo(self) -> None:
         """Roll back this ADD's allocation: a DEL that tells moor-ipam (MOOR_IPAM_UNDO, which other
         IPAM plugins ignore) to put back exactly what the ADD replaced, e.g. the IP's previous
         holder, instead of holding the IP for a container that never ran."""
-        env = dict(self.environ, **{delegate.UNDO_ENV: "1"})
-        delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+        env = dict(self.environ, **{UNDO_ENV: "1"})
+        delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw, IN_PROCESS)
 
     def _choose_mac(self, ips: list[IPConfig]) -> str:
         c = self.conf
@@ -110,9 +112,9 @@ class Mode:
         may predate an ADD that finished since: two overlapping GCs with such lists must not release
         a live pod), and never while another operation holds its lock. A list that is missing or
         malformed is code 7 and nothing is touched."""
-        valid = config.gc_attachments(self.conf.raw)
+        valid = netconf.gc_attachments(self.conf.raw)
         now, grace = time.time(), self.conf.gc_grace_s
-        ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path)
+        ipam_gc = bool(self.conf.ipam) and delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path, IN_PROCESS)
         for seen in self.store.all(self.conf.name):
             if (seen.container_id, seen.ifname) in valid:
                 if not seen.gc_seen and not self.store.has_temp(seen):
@@ -147,7 +149,7 @@ class Mode:
                 if self.conf.ipam and not ipam_gc:
                     env = dict(self.environ, CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname,
                                CNI_NETNS=att.netns)
-                    delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw)
+                    delegate.run(self.conf.ipam["type"], "DEL", env, self.env.path, self.conf.raw, IN_PROCESS)
                 lock.discard()
         # lock files of attachments that never got a record (an operation killed early whose DEL
         # never came): nothing lists them, so the sweep finds them
@@ -155,9 +157,9 @@ class Mode:
         self._sweep_shared()
         if ipam_gc:
             keep = self._ipam_gc_keep()
-            conf = dict(self.conf.raw, **{k: list(self.conf.raw[k]) + keep for k in config.GC_KEYS
+            conf = dict(self.conf.raw, **{k: list(self.conf.raw[k]) + keep for k in netconf.GC_KEYS
                                           if k in self.conf.raw})
-            delegate.run(self.conf.ipam["type"], "GC", self.environ, self.env.path, conf)
+            delegate.run(self.conf.ipam["type"], "GC", self.environ, self.env.path, conf, IN_PROCESS)
 
     def _record_pending(self, steps: Steps, att: Attachment) -> None:
         """Record the attachment before IPAM allocates for it: a plugin killed between the two
@@ -224,7 +226,7 @@ class Mode:
                 delegate.find_plugin(self.conf.ipam["type"], self.env.path)
             except CNIError as e:
                 raise CNIError(NOT_AVAILABLE, e.msg, e.details) from e
-            if delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path):
+            if delegate.supports(self.conf.ipam["type"], "1.1.0", self.environ, self.env.path, IN_PROCESS):
                 self._ipam("STATUS")
 
     def _release(self, att: Attachment) -> None:

@@ -4,16 +4,17 @@ The executable (`moor`) is a thin wrapper; the agent can serve the same call war
 """
 from __future__ import annotations
 
-from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from .spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 import sys
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Mapping
 
-from . import config, version
-from .env import parse_env
-from .executable import error_reply, serve
+from . import config
+from .spec import netconf, version
+from .spec.env import parse_env
+from .spec.executable import error_reply, serve
 from .steps import Steps
 
 FAILPOINT_ENV = "MOOR_FAILPOINT"  # tests: fail ADD right after the named step
@@ -39,7 +40,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
             return version.reply(stdin), 0
         cni_version = _peek_version(stdin)  # errors about the environment speak it too
         env = parse_env(environ)
-        doc = config.decode(stdin)
+        doc = netconf.decode(stdin)
         conf = config.parse(doc)
         if env.command == "CHECK":
             version.require_at_least(conf.cni_version, "0.4.0", "CHECK")

@@ -15,13 +15,15 @@ import errno
 import ipaddress
 import os
 
-from . import delegate
-from .errors import INTERFACE_EXISTS, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
+from ipam.inprocess import IN_PROCESS
+
 from .mode import Mode, open_pod_netns, pod_socket
 from .netlink import netns
 from .netlink.rtnl import RTNL, Link, NetlinkError
 from .netlink.wire import RTPROT_MOOR
-from .result import Interface, IPConfig, Result, RouteConfig
+from .spec import delegate
+from .spec.errors import INTERFACE_EXISTS, INVALID_CONFIG, UNSUPPORTED_FIELD, CNIError
+from .spec.result import Interface, IPConfig, Result, RouteConfig
 from .state import Attachment
 from .steps import Steps
 
@@ -72,7 +74,7 @@ class RoutedPlugin(Mode):
         att = Attachment(network=c.name, container_id=env.container_id, ifname=env.ifname, parent="",
                          netns=env.netns, host_link=hname)
         self._record_pending(steps, att)
-        ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw),
+        ipam = steps.run("ipam", lambda: delegate.add(c.ipam["type"], self.environ, env.path, c.raw, IN_PROCESS),
                          self._ipam_undo)
         ips = [i.address.ip for i in ipam.ips]
         mac = self._choose_mac(ipam.ips)

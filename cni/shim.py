@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 import zlib
 
-from . import delegate
-from .config import GC_KEYS, NetConf
-from .names import valid_id
+from ipam.inprocess import IN_PROCESS, UNDO_ENV
+
+from .config import NetConf
 from .netlink.rtnl import RTNL, Link
+from .spec import delegate
+from .spec.names import valid_id
+from .spec.netconf import GC_KEYS
 from .state import ShimAddrs, Store
 
 TYPE_CHECKING = False
@@ -36,10 +39,10 @@ def ipam_id(parent: str) -> str:
 
 
 def ipam_env(environ: Mapping[str, str], rec: ShimAddrs, undo: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in environ.items() if k not in ("CNI_ARGS", delegate.UNDO_ENV)}
+    env = {k: v for k, v in environ.items() if k not in ("CNI_ARGS", UNDO_ENV)}
     env.update(CNI_CONTAINERID=rec.ipam_id, CNI_IFNAME=IPAM_IFNAME, CNI_NETNS=IPAM_NETNS)
     if undo:  # moor-ipam puts back exactly what the ADD replaced; other plugins ignore it
-        env[delegate.UNDO_ENV] = "1"
+        env[UNDO_ENV] = "1"
     return env
 
 
@@ -61,8 +64,8 @@ def allocate(store: Store, conf: NetConf, environ: Mapping[str, str], path: list
     kind = rec.ipam_conf["ipam"]["type"]
     # a record lost after an earlier ADD (or never written) may have left an allocation under this
     # identity: give it back first, since host-local refuses a second ADD of one ID
-    delegate.run(kind, "DEL", ipam_env(environ, rec), path, rec.ipam_conf)
-    res = delegate.add(kind, ipam_env(environ, rec), path, rec.ipam_conf)
+    delegate.run(kind, "DEL", ipam_env(environ, rec), path, rec.ipam_conf, IN_PROCESS)
+    res = delegate.add(kind, ipam_env(environ, rec), path, rec.ipam_conf, IN_PROCESS)
     firsts: dict[int, str] = {}
     for ip in res.ips:  # one per family: a second range of one family is not needed on the shim
         firsts.setdefault(ip.version, str(ip.address))
@@ -101,7 +104,7 @@ def release(host: RTNL, store: Store, rec: ShimAddrs, environ: Mapping[str, str]
         for cidr in rec.addresses:
             host.addr_del(link.index, _on_link(cidr))
     if rec.ipam_conf:
-        delegate.run(rec.ipam_conf["ipam"]["type"], "DEL", ipam_env(environ, rec, undo), path, rec.ipam_conf)
+        delegate.run(rec.ipam_conf["ipam"]["type"], "DEL", ipam_env(environ, rec, undo), path, rec.ipam_conf, IN_PROCESS)
     store.shim_remove(rec.network, rec.parent)
 
 

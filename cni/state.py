@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from .spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 import os
 import sys
-from .record import asdict, record, field
+from .spec.record import asdict, record, field
 
-from .errors import IO_FAILURE, CNIError
-from .lock import digest, held, sweep
+from .spec.errors import IO_FAILURE, CNIError
+from .spec.lock import digest, held, sweep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -228,7 +228,7 @@ class Store:
 
     # -- one operation per attachment --------------------------------------------------------
     def attachment_lock(self, network: str, container_id: str, ifname: str, wait: bool = True):
-        """The attachment's lock, held for a whole ADD, DEL, CHECK or GC of it (cni.lock.held)."""
+        """The attachment's lock, held for a whole ADD, DEL, CHECK or GC of it (cni.spec.lock.held)."""
         return held(os.path.join(self.root, "locks"), (network, container_id, ifname),
                     f"container {container_id[:64]} {ifname}", wait)
 

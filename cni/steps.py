@@ -4,7 +4,7 @@ nothing behind."""
 from __future__ import annotations
 
 import sys
-from .record import record, field
+from .spec.record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings

@@ -10,7 +10,6 @@ flight; the socket is removed first, so new calls go to the executables.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import struct
@@ -18,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cni.entry import MAGIC
+from cni.spec.errors import CNIError
+from cni.spec.netconf import decode
 
 from .api.server import claim_socket
 
@@ -46,10 +47,10 @@ def objects(env: dict[str, str], stdin: bytes) -> list[str]:
     # delegated plugins (host-local) are executed from CNI_PATH: the same binaries, not the agent's
     paths += [d for d in env.get("CNI_PATH", "").split(":") if d.startswith("/")]
     try:
-        doc = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        doc = None
-    if isinstance(doc, dict):
+        doc = decode(stdin)
+    except CNIError:
+        doc = None  # the call itself will answer what is wrong with the config
+    if doc is not None:
         from cni.config import DEFAULT_STATE_DIR
         state = doc.get("stateDir", DEFAULT_STATE_DIR)
         if isinstance(state, str) and state.startswith("/"):

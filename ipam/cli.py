@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from cni.errors import CNIError
+from cni.spec.errors import CNIError
 
 from . import policy
 from .collect import gc

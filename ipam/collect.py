@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from cni.errors import INVALID_CONFIG, CNIError
+from cni.spec.errors import INVALID_CONFIG, CNIError
 from cni.netlink import netns as nsmod
 
 from . import hook, policy

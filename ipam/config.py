@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
-from cni.record import record, field
+from cni.spec.record import record, field
 
-from cni.errors import INVALID_CONFIG, CNIError
+from cni.spec.errors import INVALID_CONFIG, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

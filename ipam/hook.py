@@ -2,9 +2,9 @@
 source-IP authorisation list); a failing hook refuses an allocation."""
 from __future__ import annotations
 
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 
-from cni.errors import CNIError
+from cni.spec.errors import CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ passes every annotation in runtimeConfig).
 from __future__ import annotations
 
 import ipaddress
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
-from cni.record import record, field
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
+from cni.spec.record import record, field
 
-from cni.errors import INVALID_CONFIG, INVALID_ENV, CNIError
+from cni.spec.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

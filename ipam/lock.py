@@ -1,10 +1,10 @@
 """moor-ipam's calls for one attachment run one at a time (an ADD's commit, inventory hook and
-confirmation are one unit; a DEL or GC waits for it), on the node-local lock of cni.lock."""
+confirmation are one unit; a DEL or GC waits for it), on the node-local lock of cni.spec.lock."""
 from __future__ import annotations
 
 import os
 
-from cni.lock import AttachmentLock, digest, held, sweep
+from cni.spec.lock import AttachmentLock, digest, held, sweep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -5,23 +5,23 @@ Works under moor and under the reference macvlan/bridge/ptp plugins (`"ipam": {"
 from __future__ import annotations
 
 import ipaddress
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
 import sys
 import time
-from cni.record import replace
 
-from cni import config as netconfig
-from cni import version
-from cni.delegate import UNDO_ENV
-from cni.env import parse_env
-from cni.executable import error_reply, serve
-from cni.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CNIError
-from cni.result import IPConfig, Result, RouteConfig
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
+from cni.spec import netconf as netconfig
+from cni.spec import version
+from cni.spec.env import parse_env
+from cni.spec.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CNIError
+from cni.spec.executable import error_reply, serve
+from cni.spec.record import replace
+from cni.spec.result import IPConfig, Result, RouteConfig
 
 from . import hook, lock, policy
 from .collect import gc, node_name, sandbox_gone
 from .config import IPAMConf, parse
 from .identity import identify
+from .inprocess import UNDO_ENV
 from .reservation import Reservation
 from .store import open_store
 

@@ -7,9 +7,9 @@ Codes (moor's own): 110 explicit IP outside every pool, 111 IP held by another i
 from __future__ import annotations
 
 import ipaddress
-from cni.record import record, replace
+from cni.spec.record import record, replace
 
-from cni.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
+from cni.spec.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CNIError
 
 from .config import IPAMConf, Pool
 from .identity import Identity

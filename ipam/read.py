@@ -7,7 +7,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from cni.errors import CNIError
+from cni.spec.errors import CNIError
 
 from .config import IPAMConf, Pool, parse
 from .reservation import ACTIVE, CORRUPT, HELD, Reservation, addr_key, merge

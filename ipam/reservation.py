@@ -4,8 +4,8 @@ the IP its re-created pod (same name, new UID) now uses."""
 from __future__ import annotations
 
 import ipaddress
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
-from cni.record import asdict, record, fields
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
+from cni.spec.record import asdict, record, fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,7 +6,8 @@ import ipaddress
 import os
 import _socket as socket  # the C module: socket.py imports enum and selectors (~2.5 ms)
 import struct
-from ..record import record, field
+from ..spec.errors import KERNEL_REFUSED
+from ..spec.record import record, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
@@ -21,6 +22,7 @@ from . import wire as w
 
 class NetlinkError(OSError):
     """The kernel refused a request; `errno` is the kernel's error number."""
+    cni_code = KERNEL_REFUSED  # what a plugin's error reply says (cni.spec.executable.error_reply)
 
     def __init__(self, code: int, what: str):
         super().__init__(code, f"{what}: {os.strerror(code)}")

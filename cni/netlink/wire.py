@@ -6,7 +6,7 @@ Only what the CNI plugin needs. The plugin is executed once per pod; importing p
 from __future__ import annotations
 
 import struct
-from ..record import record, field
+from ..spec.record import record, field
 
 # message types
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19

@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
-from cni import record
+from cni.spec import record
 
 from ..counters import NetnsCounters, counter_delta
 from .doctor import Finding

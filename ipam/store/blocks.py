@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 import sys
 import zlib
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
-from cni.record import field, record
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
+from cni.spec.record import field, record
 
 from ..reservation import CORRUPT, Reservation, merge
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 import random
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
+from cni.spec.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
 from . import decode_rows
 from .blocks import (Block, block_of, decode_block, decode_handle, decode_list, encode_block, free_block, in_pool,

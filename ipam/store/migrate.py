@@ -14,9 +14,9 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections import Counter
-from cni import jsonc as json
+from cni.spec import jsonc as json
 
-from cni.errors import IO_FAILURE, CNIError
+from cni.spec.errors import IO_FAILURE, CNIError
 
 from . import decode_rows
 from .blocks import block_of

@@ -3,13 +3,13 @@ allocation one IMMEDIATE transaction, so concurrent plugin processes serialise o
 write lock and a crash (even SIGKILL mid-write) leaves the last committed state."""
 from __future__ import annotations
 
-from cni import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from cni.spec import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 import ipaddress
 import os
 import _sqlite3 as sqlite3  # the C module: sqlite3.dbapi2 imports datetime for adapters we never use (~1 ms)
 import time
 
-from cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
+from cni.spec.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
 
 from . import decode_rows
 from ..policy import View

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.lock import AttachmentLock, digest
+from cni.spec.lock import AttachmentLock, digest
 from cni.state import Store
 from dataplane.nslab import sh
 from tests.helpers import REPO, ipj, kill_cni_at

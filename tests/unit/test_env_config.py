@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from cni import config
-from cni.env import parse_cni_args, parse_env
-from cni.errors import CNIError
+from cni.spec.env import parse_cni_args, parse_env
+from cni.spec.errors import CNIError
 
 BASE = {"cniVersion": "1.0.0", "name": "n", "type": "moor", "master": "eth1"}
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"}

@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cni.errors import CNIError
+from cni.spec.errors import CNIError
 from ipam import config, policy
 from ipam.identity import Identity, identify, workload_of
 from ipam.reservation import ACTIVE, COOLING, HELD

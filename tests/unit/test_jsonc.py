@@ -1,4 +1,4 @@
-"""cni/jsonc.py is json for the plugin's hot path: the same objects from the same text and the same
+"""cni/spec/jsonc.py is json for the plugin's hot path: the same objects from the same text and the same
 text from the same objects as json's defaults, and json's own errors for what it does not read."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cni import jsonc
+from cni.spec import jsonc
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
@@ -71,7 +71,7 @@ def test_a_syntax_error_before_json_was_ever_imported(bad):
     import sys
 
     from tests.helpers import REPO
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from cni import jsonc; assert 'json' not in sys.modules\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from cni.spec import jsonc; assert 'json' not in sys.modules\n"
             "try: jsonc.loads(sys.argv[2])\n"
             "except ValueError as e: print(type(e).__name__)\n")
     out = subprocess.run([sys.executable, "-IS", "-c", code, str(REPO), bad], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""cni/record.py behaves as dataclasses does for what cni/ and ipam/ use of it, and the hot-path
+"""cni/spec/record.py behaves as dataclasses does for what cni/ and ipam/ use of it, and the hot-path
 modules no longer import dataclasses, json, re or subprocess (the point of it)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from cni import record as rec
-from cni.names import valid_id, valid_mac
+from cni.spec import record as rec
+from cni.spec.names import valid_id, valid_mac
 
 
 def _pair():
@@ -65,6 +65,25 @@ def test_nested_asdict_and_class_errors():
         @rec.record
         class Bad2:
             a: list = []
+
+
+def test_init_is_compiled_by_the_first_instance():
+    """Compiling an __init__ costs ~0.09 ms: a class nobody instantiates in a call pays nothing."""
+    @rec.record
+    class L:
+        a: int
+        b: list = rec.field(default_factory=list)
+    stub = L.__init__
+
+    class Sub(L):
+        pass
+    assert Sub(1).b == [] and L.__init__ is not stub and L.__init__.__qualname__.endswith("L.__init__")
+    compiled = L.__init__
+    assert L(2, [3]).b == [3] and L.__init__ is compiled
+    with pytest.raises(TypeError):
+        L(1, [], 3)
+    with pytest.raises(TypeError):
+        L(c=1)
 
 
 def test_libcni_names_and_macs():

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from cni.errors import CNIError
-from cni.result import Result
+from cni.spec.errors import CNIError
+from cni.spec.result import Result
 
 V1 = {"cniVersion": "1.1.0",
       "interfaces": [{"name": "eth0", "mac": "0a:58:c0:00:02:0a", "mtu": 1400, "sandbox": "/run/netns/p"}],

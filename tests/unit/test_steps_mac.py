@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 from cni import mac
-from cni.errors import CNIError
+from cni.spec.errors import CNIError
 from cni.steps import InjectedFailure, Steps
 
 

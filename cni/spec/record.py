@@ -82,9 +82,16 @@ def record(cls: type[T]) -> type[T]:
             params.append(f.name)
             body.append(f"    self.{f.name} = {f.name}")
     src = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass") + "\n"
-    exec(src, ns)  # noqa: S102 - our own generated source, from the class's field names
-    init = ns["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        # compiled by the first instance, not here: compiling costs ~0.09 ms a class, and a plugin
+        # call instantiates few of the classes it imports
+        exec(src, ns)  # noqa: S102 - our own generated source, from the class's field names
+        real = ns["__init__"]
+        real.__qualname__ = f"{cls.__qualname__}.__init__"
+        if cls.__dict__.get("__init__") is init:
+            cls.__init__ = real
+        real(self, *args, **kwargs)
     shown = tuple(f.name for f in fields_ if f.repr)
     names = tuple(f.name for f in fields_)
 

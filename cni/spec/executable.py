@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import DECODE, INTERNAL, IO_FAILURE, KERNEL_REFUSED, CNIError
+from .errors import DECODE, INTERNAL, IO_FAILURE, CNIError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ def error_reply(e: Exception, cni_version: str | None) -> tuple[bytes, int]:
     elif isinstance(e, RecursionError):
         err = CNIError(DECODE, "cannot decode network config: nested too deeply")
     elif isinstance(e, OSError):
-        from .netlink.rtnl import NetlinkError  # loaded already whenever netlink could fail
-        err = CNIError(KERNEL_REFUSED if isinstance(e, NetlinkError) else IO_FAILURE, str(e))
+        # an OSError class may name its own code (the netlink toolkit's errors: KERNEL_REFUSED)
+        err = CNIError(getattr(e, "cni_code", IO_FAILURE), str(e))
     else:
         err = CNIError(INTERNAL, f"internal error: {e.__class__.__name__}: {e}")
     return err.to_json(cni_version), 1

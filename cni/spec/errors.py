@@ -1,7 +1,7 @@
 """CNI errors: the spec's well-known codes and moor's own (100+), raised as exceptions."""
 from __future__ import annotations
 
-from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from . import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotations are strings
     from typing import Optional

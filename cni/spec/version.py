@@ -1,7 +1,7 @@
 """Spec versions moor speaks and which verbs each allows."""
 from __future__ import annotations
 
-from . import jsonc as json  # json without its regex start-up cost (cni/jsonc.py)
+from . import jsonc as json  # json without its regex start-up cost (cni/spec/jsonc.py)
 
 from .errors import INCOMPATIBLE_VERSION, CNIError
 
