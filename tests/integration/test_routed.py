@@ -132,6 +132,62 @@ def test_check_names_a_missing_host_route_and_del_cleans_everything(routed: Macv
     assert after["node"] == before["node"] and after["pod1"] == before["pod1"]
 
 
+# run inside a pod's netns: a router advertisement to all nodes out of eth0, offering a default
+# route via the pod for 1800 s (the kernel fills in the ICMPv6 checksum of a raw ICMPv6 socket)
+RA_SENDER = """
+import socket, struct
+idx = socket.if_nametoindex("eth0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+s.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, idx))
+"""
+
+
+@pytest.mark.parametrize("pools", [["203.0.113.0/24"], ["203.0.113.0/24", "2001:db8:9::/64"]],
+                         ids=["ipv4-only", "dual-stack"])
+def test_the_node_takes_no_router_advertisement_from_a_pod(net: MacvlanNet, pools: list[str]):
+    """The host end is no IPv6 router (IPv6 forwarding is the node's conf.all switch), yet a pod can
+    never give the node a route: accept_ra 0 on the host end of an IPv6 pod, no IPv6 at all on that
+    of an IPv4-only pod. The node here does not forward IPv6, where a plain link would take RAs."""
+    import sys
+    import time
+    conf = _conf(net)
+    conf["ipam"]["pools"] = [{"cidr": c} for c in pools]
+    res = net.add("pod1", conf, args=_args("a-0"))
+    host_if = res["interfaces"][0]["name"]
+    if len(pools) == 1:
+        assert ipj(net.node, "-6", "addr", "show", "dev", host_if) == []
+
+    def ra_routes() -> list:
+        return [r for r in ipj(net.node, "-6", "route", "show", "proto", "ra") if r.get("dev") == host_if]
+
+    net.lab.run(net.pods["pod1"], sys.executable, "-c", RA_SENDER)
+    time.sleep(0.5)  # a received RA is applied in softirq, long before this
+    assert ra_routes() == []
+    # the same RA on the same link, were the host end a plain IPv6 host: taken (the check above
+    # is only as good as this advertisement)
+    net.lab.run(net.node, "sysctl", "-q", "-w", f"net.ipv6.conf.{host_if}.disable_ipv6=0",
+                f"net.ipv6.conf.{host_if}.accept_ra=1")
+    deadline = time.monotonic() + 10
+    while not ra_routes():
+        assert time.monotonic() < deadline, "the control RA was never taken"
+        net.lab.run(net.pods["pod1"], sys.executable, "-c", RA_SENDER)
+        time.sleep(0.2)
+    assert ra_routes()[0]["dst"] == "default"
+
+
+def test_ipv6_pods_reach_each_other_once_the_node_forwards_ipv6_after_they_were_added(net: MacvlanNet):
+    """IPv6 forwarding is the node's conf.all.forwarding alone, turned on by moord at the first IPv6
+    pod route (dataplane/prereq.py), so after the pods' ADDs: their host ends need no bit of their own."""
+    a = net.add("pod1", _conf(net), args=_args("a-0"))
+    b = net.add("pod2", _conf(net), args=_args("b-0"))
+    assert net.lab.run(net.pods["pod1"], "ping", "-6", "-c1", "-W1", _ip(b, 6), check=False).returncode != 0
+    net.lab.run(net.node, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+    assert net.lab.run(net.pods["pod1"], "ping", "-6", "-c1", "-W2", _ip(b, 6)).returncode == 0
+    assert net.lab.run(net.pods["pod2"], "ping", "-6", "-c1", "-W2", _ip(a, 6)).returncode == 0
+
+
 @pytest.mark.parametrize("step", ROUTED_STEPS)
 def test_failure_after_each_step_is_rolled_back(routed: MacvlanNet, step: str):
     net = routed
