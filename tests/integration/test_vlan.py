@@ -143,7 +143,7 @@ def test_gc_removes_the_vlan_and_shim_of_an_add_killed_before_its_record(vnet: M
     """SIGKILL after the VLAN sub-interface and the shim were made, before the attachment was
     recorded, and the runtime crashed too (no DEL): GC removes both."""
     net = vnet
-    conf = _conf(net, cniVersion="1.1.0", hostShim=True)
+    conf = _conf(net, cniVersion="1.1.0", hostShim=True, gcGraceSeconds=0)  # two passes back to back
     net.pod("pod1")
     before = net.snapshot()
     kill_cni_at(net.node, conf, path=net.path, pause="shared-made", container_id="cid-pod1", netns=net.pod("pod1"),
