@@ -439,21 +439,26 @@ def _restore_state(path: str, previous: bytes | None) -> None:
     os.replace(tmp, path)
 
 
-def _load_probes(view: AgentView, conf: ProbeConfig) -> None:
+def _load_probes(view: AgentView, conf: ProbeConfig, stop: asyncio.Event) -> None:
     """Load the eBPF probes (compiling takes seconds: run off the event loop, after BGP is up).
-    A probe that cannot load is reported by the API and metrics; the agent runs on without it."""
+    A probe that cannot load is reported by the API and metrics; the agent runs on without it.
+    Once moord is stopping, no further probe is compiled (the shutdown waits for this thread)."""
     from .probe.drops import DropProbe
     from .probe.sessions import SessionProbe
     for name, attr, make, what in (
             ("probe.drops", "drops", DropProbe, "kfree_skb and UDP receive-buffer drops"),
             ("probe.sessions", "sessions", lambda: SessionProbe(max_sessions=conf.max_sessions),
              "UDP/TCP sessions per pod")):
+        if stop.is_set():
+            return
         try:
             probe = make()
             probe.start()
             setattr(view, attr, probe)
             view.components[name] = Component(name, True, what)
-            log.info("%s loaded: %s", name, what, extra={"probe": name})
+            # a compile that ends after the shutdown began is closed below, unsaid
+            log.log(logging.DEBUG if stop.is_set() else logging.INFO, "%s loaded: %s", name, what,
+                    extra={"probe": name})
         except Exception as e:  # ProbeUnavailable, or bcc failing in its own ways
             view.components[name] = Component(name, False, str(e))
             log.warning("%s not loaded: %s", name, e, extra={"probe": name})
@@ -465,11 +470,15 @@ async def _after(first, fn, *args):
     return await fn(*args)
 
 
-async def _load_host_routing(view: AgentView, hr: HostRouting) -> None:
+async def _load_host_routing(view: AgentView, hr: HostRouting, stop: asyncio.Event) -> None:
     """Compile and load off the loop (seconds), then attach on the loop: the route watch calls
-    pod_route() there too, so no pod falls between what was known and what comes next."""
+    pod_route() there too, so no pod falls between what was known and what comes next. A compile
+    that ends after the shutdown began attaches nothing: the shutdown closes it (run())."""
     try:
         await asyncio.to_thread(hr.start)
+        if stop.is_set():
+            view.components["hostRouting"] = Component("hostRouting", False, "not attached: moord is stopping")
+            return
         hr.attach_all()
         hr.follow_route_mtus(asyncio.get_running_loop())
     except Exception as e:  # HostRoutingUnavailable, netlink, or bcc failing in its own ways
@@ -689,11 +698,11 @@ async def run(conf: AgentConfig, stop: asyncio.Event, graceful_stop: asyncio.Eve
         # bcc (LLVM) compiles one program at a time: host routing first (the pods' dataplane),
         # then the probes, one worker thread after the other
         if hr is not None:
-            hr_loading = asyncio.ensure_future(_load_host_routing(view, hr))
+            hr_loading = asyncio.ensure_future(_load_host_routing(view, hr, stop))
         else:
             _host_routing_off(view, conf, pod_devices)
         if conf.probe.enabled:
-            loading = asyncio.ensure_future(_after(hr_loading, asyncio.to_thread, _load_probes, view, conf.probe))
+            loading = asyncio.ensure_future(_after(hr_loading, asyncio.to_thread, _load_probes, view, conf.probe, stop))
         else:
             view.components["probe"] = Component("probe", True, "disabled in moord's config")
             log.info("probes not loaded: disabled in moord's config (probe.enabled)")

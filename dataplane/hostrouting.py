@@ -302,14 +302,22 @@ class HostRouting:
                 self._loop = None
             self._mtus.close()
             self._mtus = None
-        if self._tc is not None:
-            if detach:
-                for ifindex in sorted(self.attached):
+        if detach:
+            # every pod veth known, not only those attached here: a load that failed, or ended
+            # after the shutdown began, leaves a previous moord's filters, whose maps nobody keeps
+            tc = self._tc or Tc()
+            try:
+                uplinks = {link.index for link in map(tc.link_get, self.conf.uplinks) if link is not None}
+                for ifindex in sorted(self.attached | set(self.routes) | uplinks):
                     try:
-                        self._tc.filter_del(ifindex)
+                        tc.filter_del(ifindex)
                     except OSError as e:
                         log.warning("host routing: cannot detach from ifindex %d: %s", ifindex, e)
-                self.attached.clear()
+            finally:
+                if tc is not self._tc:
+                    tc.close()
+            self.attached.clear()
+        if self._tc is not None:
             self._tc.close()
             self._tc = None
         if self._loaded is not None:

@@ -651,3 +651,26 @@ def test_moord_follows_a_route_mtu_metric_set_after_it_attached(node: Node, tmp_
         assert too_big(node, a[0], REMOTE4) and too_big(node, a[0], REMOTE6)
     finally:
         stop(agent, signal.SIGINT)
+
+
+def test_a_full_shutdown_while_moord_compiles_removes_a_previous_moords_filters(node: Node, tmp_path: Path):
+    """SIGINT before the compile child returned: nothing is attached after the shutdown began, and
+    the filters a previous moord left (maps nobody updates any more) go with the full shutdown."""
+    a = node.add_pod("pa")
+    agent = start_moord(node, tmp_path)
+    wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
+             what="moord's host routing")
+    if not tc_filters(node, a[3]):
+        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+    stop(agent, signal.SIGTERM)  # a restart stop: the filter stays
+    assert tc_filters(node, a[3])
+    agent = start_moord(node, tmp_path)  # returns at "ready", the compile (seconds) still running
+    loaded = sum("host routing on" in l for l in host_routing_lines(tmp_path))
+    stop(agent, signal.SIGINT)
+    assert agent.returncode == 0
+    tail = (tmp_path / "moord.log").read_text().splitlines()
+    down = max(i for i, l in enumerate(tail) if "shutting down on SIGINT" in l)
+    assert not [l for l in tail[down:] if "host routing on" in l or "attached to" in l], tail[down:]
+    assert tail[-1].endswith("moord stopped"), tail[-3:]
+    assert not tc_filters(node, a[3]), loaded
+    assert node.lab.ping(a[0], node.add_pod("pb")[1])
