@@ -479,6 +479,7 @@ async def _load_host_routing(view: AgentView, hr: HostRouting, stop: asyncio.Eve
         if stop.is_set():
             view.components["hostRouting"] = Component("hostRouting", False, "not attached: moord is stopping")
             return
+        log.info("host routing: %s", hr.loaded())
         hr.attach_all()
         hr.follow_route_mtus(asyncio.get_running_loop())
     except Exception as e:  # HostRoutingUnavailable, netlink, or bcc failing in its own ways

@@ -146,7 +146,8 @@ class HostRouting:
     # -- loading ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Compile and load (HostRoutingUnavailable with the reason when the kernel or bcc cannot);
-        nothing is attached yet. Safe in a worker thread: it touches no shared state but its own.
+        nothing is attached yet. Safe in a worker thread: it touches no shared state but its own,
+        and says nothing (the caller logs loaded(), or not, if it stopped meanwhile).
         The compile runs in a child process (bpfload.py): moord keeps the fds, not bcc and LLVM."""
         _check_bpf_allowed()
         try:
@@ -158,14 +159,21 @@ class HostRouting:
                 # bpf_redirect_neigh with a next hop 5.13): the load says why
                 raise HostRoutingUnavailable(f"the kernel refused the tc program: {str(e)[:300]}") from None
             raise HostRoutingUnavailable(str(e)) from None
-        log.info("host routing: compiled and loaded in a child process (%.2f s CPU, %.0f MB peak there; "
-                 "moord keeps only the fds)", loaded.child_cpu_s, loaded.child_peak_kib / 1024)
         self._loaded = loaded
         self._maps = loaded.maps
         self._tc = Tc()
         # before anything is attached: no packet meets the program before the trie is filled
         self._mtus = RouteMtus()
         self._sync_route_mtus()
+
+    def loaded(self) -> str:
+        """What start() cost, for the log."""
+        l = self._loaded
+        if l is None:
+            return "not loaded"
+        return (f"compiled and loaded in a child process ({l.child_cpu_s:.2f} s CPU, {l.child_peak_kib / 1024:.0f} MB "
+                f"peak there; moord keeps only the fds); {len(self.mtu_trie)} route MTU bound(s) for the fast path "
+                "(routes with an MTU metric)")
 
     # -- pods ------------------------------------------------------------------------------------
     def pod_route(self, dst, oif: int, present: bool) -> None:
@@ -276,7 +284,7 @@ class HostRouting:
                 t.update(k, _U32.pack(mtu))
         for k in [k for k in self.mtu_trie if k not in want]:
             t.delete(k)
-        if want != self.mtu_trie:
+        if want != self.mtu_trie and self.ready:  # at start, loaded() says it
             log.info("host routing: %d route MTU bound(s) for the fast path (routes with an MTU metric)", len(want))
         self.mtu_trie = want
 
