@@ -28,6 +28,7 @@ from .state import Attachment
 from .steps import Steps
 
 PAIR_KINDS = ("veth", "netkit")
+ADDR_GEN_RANDOM = "3"  # IN6_ADDR_GEN_MODE_RANDOM: a random link-local (see _pod_addresses)
 GATEWAY = {4: ipaddress.ip_address("169.254.1.1"), 6: ipaddress.ip_address("fe80::1")}
 DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
@@ -97,11 +98,13 @@ class RoutedPlugin(Mode):
             if any(ip.version == 6 for ip in ips):
                 for key in ("accept_ra", "accept_redirects"):
                     netns.write_sysctl(f"net/ipv6/conf/{hname}/{key}", "0")
+                if kind == "netkit":
+                    netns.write_sysctl(f"net/ipv6/conf/{hname}/addr_gen_mode", ADDR_GEN_RANDOM)
             elif os.path.isdir("/proc/sys/net/ipv6"):  # a kernel without IPv6 has nothing to disable
                 netns.write_sysctl(f"net/ipv6/conf/{hname}/disable_ipv6", "1")
             self.host.link_set(host.index, up=True)
         steps.run("host-side", host_side)
-        steps.run("addresses", lambda: [pod.addr_add(link.index, _host(ip)) for ip in ips])
+        steps.run("addresses", lambda: self._pod_addresses(pod, link, nsfd, ips, kind))
         steps.run("up", lambda: pod.link_set(link.index, up=True))
         routes = self._pod_routes(ips)
         steps.run("pod-routes", lambda: self._install_pod_routes(pod, link, host, ips, kind))
@@ -119,6 +122,16 @@ class RoutedPlugin(Mode):
                              interface=idx + 1) for ip in ips]
         res.routes += routes if kind == "veth" else [RouteConfig(dst=r.dst) for r in routes]
         return res
+
+    def _pod_addresses(self, pod: RTNL, link: Link, nsfd: int, ips: list, kind: str) -> None:
+        if kind == "netkit" and any(ip.version == 6 for ip in ips):
+            # an L3 netkit pair has no MAC (all zero) on either end, so EUI-64 gives both ends the
+            # same link-local, fe80::200:ff:fe00:0: the node, with no global IPv6 of its own, then
+            # pings a pod from the pod's own address and never hears back. Random ones, both ends.
+            with netns.entered(nsfd):
+                netns.write_sysctl(f"net/ipv6/conf/{self.env.ifname}/addr_gen_mode", ADDR_GEN_RANDOM)
+        for ip in ips:
+            pod.addr_add(link.index, _host(ip))
 
     def _pod_routes(self, ips: list) -> list[RouteConfig]:
         return [RouteConfig(dst=DEFAULT[v], gw=GATEWAY[v]) for v in sorted({ip.version for ip in ips})]

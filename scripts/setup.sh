@@ -28,8 +28,12 @@ if [ "${MOOR_SETUP_VM:-1}" != 0 ]; then
         # a machine that boots with GRUB would get the cloud kernel in its boot menu
         installed linux-image-cloud-amd64 ||
             echo "setup: GRUB boots this machine: not installing linux-image-cloud-amd64 (tests/vm will skip)" >&2
+        installed linux-image-6.12-cloud-amd64 ||
+            echo "setup: GRUB boots this machine: not installing linux-image-6.12-cloud-amd64 (the netkit VM test will skip)" >&2
     else
-        PKGS+=(linux-image-cloud-amd64)
+        # bookworm's 6.1 (8021q, netem as modules) and its 6.12 (netkit, CONFIG_NETKIT=y): the VM
+        # boots the newest one, which runs the VLAN and the netkit tests alike
+        PKGS+=(linux-image-cloud-amd64 linux-image-6.12-cloud-amd64)
         # a kernel package needs an initramfs generator: where none is installed (a container, CI's
         # VM) the tiny one, not initramfs-tools (udev, a systemd upgrade); never beside
         # initramfs-tools or dracut, which it conflicts with

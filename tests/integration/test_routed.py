@@ -253,6 +253,10 @@ def test_fixed_ip_pod_recreated_on_another_node_is_reachable_at_the_same_ip(rout
     assert net.lab.ping(net.peer, ip)
 
 
+NO_NETKIT = ("kernel lacks CONFIG_NETKIT: EOPNOTSUPP creating a netkit link on {release} (netkit is Linux 6.7+; "
+             "tests/vm/test_netkit_in_vm.py runs these tests in a VM with Debian's 6.12 cloud kernel)")
+
+
 def _netkit_here(net: MacvlanNet) -> bool:
     """Whether this kernel can make a netkit pair (a probe pair in the node netns, removed)."""
     r = net.lab.run(net.node, "ip", "link", "add", "nkprobe0", "type", "netkit", check=False)
@@ -265,7 +269,7 @@ def _netkit_here(net: MacvlanNet) -> bool:
 def test_device_auto_falls_back_to_veth_where_the_kernel_has_no_netkit(routed: MacvlanNet, device):
     net = routed
     if device == "auto" and _netkit_here(net):  # no device: veth, the default, on any kernel
-        pytest.skip("this kernel has netkit: auto picks it (tests/vm covers that kernel)")
+        pytest.skip("this kernel has netkit: auto picks it (test_netkit_pod_auto_check_del_and_readd_keep_the_ip)")
     net.pod("pod1")
     net.pod("pod2")
     over = {"device": device} if device else {}
@@ -308,8 +312,7 @@ def test_netkit_pods_reach_each_other(routed: MacvlanNet):
     net.pod("pod2")
     r = net.cni("ADD", _conf(net, device="netkit"), "pod1", args=_args("pod1"))
     if r.error_code == 2 and "EOPNOTSUPP" in r.json["msg"]:
-        pytest.skip(f"kernel lacks CONFIG_NETKIT: EOPNOTSUPP creating a netkit link on {os.uname().release} "
-                    "(netkit is Linux 6.7+; the lab VM's Debian 6.1 kernel predates it)")
+        pytest.skip(NO_NETKIT.format(release=os.uname().release))
     assert r.code == 0, r.stdout
     r1 = r.json
     r2 = net.add("pod2", _conf(net, device="netkit"), args=_args("pod2"))
@@ -317,3 +320,43 @@ def test_netkit_pods_reach_each_other(routed: MacvlanNet):
         assert ipj(net.node, "-d", "link", "show", res["interfaces"][0]["name"])[0]["linkinfo"]["info_kind"] == "netkit"
         assert ipj(net.pods[pod], "-d", "link", "show", "eth0")[0]["linkinfo"]["info_kind"] == "netkit"
     assert net.lab.ping(net.pods["pod1"], _ip(r2)) and net.lab.ping(net.pods["pod2"], _ip(r1, 6))
+
+
+def test_netkit_pod_auto_check_del_and_readd_keep_the_ip(routed: MacvlanNet):
+    """device "auto" on a kernel with netkit: a netkit pair; CHECK holds, and names a broken pod
+    route; DEL removes the pair and the host routes (IPv4 and IPv6); a re-ADD gets the same IPs."""
+    net = routed
+    if not _netkit_here(net):
+        pytest.skip(NO_NETKIT.format(release=os.uname().release))
+    net.pod("pod1")
+    net.pod("pod2")
+    before = net.snapshot()
+    conf = _conf(net, device="auto")
+    r1 = net.add("pod1", conf, args=_args("pod1"))
+    r2 = net.add("pod2", _conf(net, device="veth"), args=_args("pod2"))  # the kinds mix on one node
+    host_if = r1["interfaces"][0]["name"]
+    assert ipj(net.node, "-d", "link", "show", host_if)[0]["linkinfo"]["info_kind"] == "netkit"
+    assert ipj(net.node, "-d", "link", "show", r2["interfaces"][0]["name"])[0]["linkinfo"]["info_kind"] == "veth"
+    # L3: the pod's default routes leave by the device, no gateway neighbour
+    assert {(r["dst"], r.get("gateway")) for r in ipj(net.pods["pod1"], "route", "show")} >= {("default", None)}
+    assert not [n for n in ipj(net.pods["pod1"], "neigh", "show") if "PERMANENT" in n.get("state", [])]
+    # no MAC on either end: the link-locals are random, not EUI-64 of 00:00:00:00:00:00 on both
+    lls = [a["local"] for ns, dev in ((net.node, host_if), (net.pods["pod1"], "eth0"))
+           for a in ipj(ns, "-6", "addr", "show", "dev", dev)[0]["addr_info"] if a["scope"] == "link"]
+    assert len(lls) == 2 and lls[0] != lls[1] and "fe80::200:ff:fe00:0" not in lls, lls
+    for v in (4, 6):
+        assert net.lab.run(net.pods["pod1"], "ping", f"-{v}", "-c1", "-W2", _ip(r2, v)).returncode == 0
+        assert net.lab.run(net.node, "ping", f"-{v}", "-c1", "-W2", _ip(r1, v)).returncode == 0
+    assert {r["dev"] for r in ipj(net.node, "route", "show", "proto", "109") if r["dst"] == _ip(r1)} == {host_if}
+    assert net.cni("CHECK", dict(conf, prevResult=r1), "pod1", args=_args("pod1")).code == 0
+    net.lab.run(net.pods["pod1"], "ip", "-6", "route", "del", "default")
+    bad = net.cni("CHECK", dict(conf, prevResult=r1), "pod1", args=_args("pod1"))
+    assert bad.error_code == 103 and "default route dev eth0 missing" in bad.json["msg"], bad.json
+
+    for pod, res, c in (("pod1", r1, conf), ("pod2", r2, _conf(net, device="veth"))):
+        assert net.cni("DEL", dict(c, prevResult=res), pod, args=_args(pod)).code == 0
+    after = net.snapshot()
+    assert after["node"] == before["node"] and after["pod1"] == before["pod1"]
+    again = net.add("pod1", conf, args=_args("pod1"))  # the same pod again: the same addresses
+    assert (_ip(again), _ip(again, 6)) == (_ip(r1), _ip(r1, 6))
+    assert ipj(net.node, "-d", "link", "show", again["interfaces"][0]["name"])[0]["linkinfo"]["info_kind"] == "netkit"
