@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import sys
 
 from ipam.inprocess import IN_PROCESS
 
@@ -102,6 +103,8 @@ class RoutedPlugin(Mode):
                     netns.write_sysctl(f"net/ipv6/conf/{hname}/addr_gen_mode", ADDR_GEN_RANDOM)
             elif os.path.isdir("/proc/sys/net/ipv6"):  # a kernel without IPv6 has nothing to disable
                 netns.write_sysctl(f"net/ipv6/conf/{hname}/disable_ipv6", "1")
+            if kind == "veth":
+                self._clsact(host.index)
             self.host.link_set(host.index, up=True)
         steps.run("host-side", host_side)
         steps.run("addresses", lambda: self._pod_addresses(pod, link, nsfd, ips, kind))
@@ -122,6 +125,17 @@ class RoutedPlugin(Mode):
                              interface=idx + 1) for ip in ips]
         res.routes += routes if kind == "veth" else [RouteConfig(dst=r.dst) for r in routes]
         return res
+
+    def _clsact(self, index: int) -> None:
+        """The clsact qdisc moord's host routing hangs its filter on, made now, before the pod
+        has traffic: grafting a qdisc onto a live device deactivates it for a moment and drops
+        what it is sending (measured: a datagram of a stream, now and then), while adding a
+        filter later does not. Best effort: without it, moord makes it when it attaches."""
+        try:
+            self.host.clsact(index)
+        except OSError as e:
+            print(f"moor: no clsact qdisc on the host end ({e}); moord's host routing makes it when it attaches",
+                  file=sys.stderr)
 
     def _pod_addresses(self, pod: RTNL, link: Link, nsfd: int, ips: list, kind: str) -> None:
         if kind == "netkit" and any(ip.version == 6 for ip in ips):

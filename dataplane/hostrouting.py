@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bgp.wire import Key, key_of
 from cni.netlink import wire as w
-from cni.netlink.rtnl import RTNL, NetlinkError
+from cni.netlink.rtnl import RTNL, TCA_KIND, TCMSG, NetlinkError
 
 from .bpfload import Loaded, LoadError, load
 from .bpfsys import Map, bpf
@@ -44,15 +44,13 @@ ONE = b"\x01"  # the u8 value of pods and sources
 _U32 = struct.Struct("=I")
 COUNTERS = ("to_pod", "to_uplink", "pass_not_ip", "pass_special", "pass_source", "pass_fib", "pass_mtu")
 
-# rtnetlink traffic control (include/uapi/linux/rtnetlink.h, pkt_sched.h, pkt_cls.h)
-RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 36, 37, 44, 45, 46
-TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
-TCA_KIND, TCA_OPTIONS = 1, 2
+# rtnetlink traffic control (include/uapi/linux/rtnetlink.h, pkt_sched.h, pkt_cls.h); the clsact
+# qdisc's request and constants are cni.netlink.rtnl's (the routed ADD makes it)
+RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
+TCA_OPTIONS = 2
 TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8
 TCA_BPF_FLAG_ACT_DIRECT = 1
-TC_H_CLSACT = 0xFFFFFFF1
 TC_H_INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
-CLSACT_HANDLE = 0xFFFF0000
 ETH_P_ALL = 0x0003
 
 
@@ -78,22 +76,8 @@ def _check_bpf_allowed() -> None:
 
 
 class Tc(RTNL):
-    """The few tc requests host routing needs: a clsact qdisc and one direct-action bpf filter."""
-
-    def clsact(self, ifindex: int) -> bool:
-        """A clsact qdisc on the device; True when this call created it."""
-        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
-        try:
-            self._request(RTM_NEWQDISC, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"clsact on ifindex {ifindex}")
-        except NetlinkError as e:
-            if e.errno == errno.EEXIST:
-                return False
-            raise
-        return True
-
-    def clsact_del(self, ifindex: int) -> None:
-        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
-        self._request(RTM_DELQDISC, 0, body, f"remove clsact on ifindex {ifindex}")
+    """The few tc requests host routing needs: a clsact qdisc (RTNL.clsact) and one direct-action
+    bpf filter."""
 
     def _filter(self, ifindex: int) -> bytes:
         return TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS_PARENT,
@@ -296,6 +280,22 @@ class HostRouting:
         t = self._maps["counters"]
         return {name: t.percpu_u64_sum(_U32.pack(i)) for i, name in enumerate(COUNTERS)}
 
+    def _detach_all(self) -> None:
+        """moor's filter off every pod veth known, not only those attached here: a load that
+        failed, or ended after the shutdown began, leaves a previous moord's filters, whose maps
+        nobody keeps any more; and off the configured uplinks."""
+        tc = self._tc or Tc()
+        try:
+            uplinks = {link.index for link in map(tc.link_get, self.conf.uplinks) if link is not None}
+            for ifindex in sorted(self.attached | set(self.routes) | uplinks):
+                try:
+                    tc.filter_del(ifindex)
+                except OSError as e:
+                    log.warning("host routing: cannot detach from ifindex %d: %s", ifindex, e)
+        finally:
+            if tc is not self._tc:
+                tc.close()
+
     def prog_stats(self) -> dict[str, tuple[int, int]]:
         """(runs, total ns) per program; the kernel counts only while kernel.bpf_stats_enabled=1."""
         from .probe.kheaders import run_stats
@@ -311,19 +311,10 @@ class HostRouting:
             self._mtus.close()
             self._mtus = None
         if detach:
-            # every pod veth known, not only those attached here: a load that failed, or ended
-            # after the shutdown began, leaves a previous moord's filters, whose maps nobody keeps
-            tc = self._tc or Tc()
             try:
-                uplinks = {link.index for link in map(tc.link_get, self.conf.uplinks) if link is not None}
-                for ifindex in sorted(self.attached | set(self.routes) | uplinks):
-                    try:
-                        tc.filter_del(ifindex)
-                    except OSError as e:
-                        log.warning("host routing: cannot detach from ifindex %d: %s", ifindex, e)
-            finally:
-                if tc is not self._tc:
-                    tc.close()
+                self._detach_all()
+            except OSError as e:  # no netlink socket at all: nothing here can remove them
+                log.warning("host routing: cannot remove moor's filters: %s", e)
             self.attached.clear()
         if self._tc is not None:
             self._tc.close()

@@ -19,6 +19,13 @@ if TYPE_CHECKING:  # importing typing costs ~4 ms of plugin start-up; annotation
 
 from . import wire as w
 
+# tc (linux/rtnetlink.h, linux/pkt_sched.h): the clsact qdisc
+RTM_NEWQDISC, RTM_DELQDISC = 36, 37
+TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+TCA_KIND = 1
+TC_H_CLSACT = 0xFFFFFFF1
+CLSACT_HANDLE = 0xFFFF0000
+
 
 class NetlinkError(OSError):
     """The kernel refused a request; `errno` is the kernel's error number."""
@@ -242,6 +249,24 @@ class RTNL:
 
     def vlan_add(self, name: str, parent: int, vlan_id: int, **kw) -> None:
         self.link_add(name, "vlan", parent, w.attr_u16(w.IFLA_VLAN_ID, vlan_id), **kw)
+
+    # -- tc: the clsact qdisc that eBPF host routing's filter hangs on ------------------------
+    def clsact(self, ifindex: int) -> bool:
+        """A clsact qdisc on the device; True when this call created it. Grafting (or removing)
+        a qdisc deactivates the device for a moment, dropping what it transmits then: the routed
+        ADD makes it before the pod has traffic, so moord later only adds its filter."""
+        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
+        try:
+            self._request(RTM_NEWQDISC, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"clsact on ifindex {ifindex}")
+        except NetlinkError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    def clsact_del(self, ifindex: int) -> None:
+        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
+        self._request(RTM_DELQDISC, 0, body, f"remove clsact on ifindex {ifindex}")
 
     def link_set(self, index: int, up: Optional[bool] = None, name: str = "") -> None:
         flags = change = 0

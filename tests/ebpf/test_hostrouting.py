@@ -674,3 +674,30 @@ def test_a_full_shutdown_while_moord_compiles_removes_a_previous_moords_filters(
     assert tail[-1].endswith("moord stopped"), tail[-3:]
     assert not tc_filters(node, a[3]), loaded
     assert node.lab.ping(a[0], node.add_pod("pb")[1])
+
+
+def test_the_routed_add_makes_the_clsact_so_a_first_attach_drops_nothing(node: Node):
+    """Grafting a qdisc onto a live device deactivates it for a moment and drops what it sends;
+    the routed ADD makes the clsact before the pod has traffic, so attaching only adds a filter.
+    A flood from the node to the pod while host routing attaches: no drop on the host end."""
+    a = node.add_pod("pa")
+    qdiscs = json.loads(node.lab.run(node.node, "tc", "-j", "qdisc", "show", "dev", a[3]).stdout)
+    assert [q["kind"] for q in qdiscs if q["kind"] == "clsact"] == ["clsact"], qdiscs
+
+    def tx_dropped() -> int:
+        return ipj(node.node, "-s", "link", "show", a[3])[0]["stats64"]["tx"]["dropped"]
+
+    before = tx_dropped()
+    flood = node.lab.spawn(node.node, [sys.executable, "-c", (
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "end = time.time() + 3\n"
+        f"while time.time() < end: s.sendto(b'x' * 100, ('{a[1]}', 9))\n")])
+    try:
+        time.sleep(0.5)  # the flood runs before the attach (a pace, not a measurement)
+        for _ in range(3):
+            with host_routing(node, [a]):
+                pass
+    finally:
+        flood.wait(10)
+    assert tx_dropped() == before
