@@ -438,6 +438,18 @@ def stop(p: subprocess.Popen, sig: signal.Signals) -> None:
     p.wait(20)
 
 
+def moord_attached(node: Node, tmp: Path, pod: tuple) -> subprocess.Popen:
+    """moord started, its host routing loaded and attached to `pod`; skips (moord stopped) where
+    host routing cannot load here."""
+    agent = start_moord(node, tmp)
+    wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp)), timeout=60,
+             what="moord's host routing")
+    if not tc_filters(node, pod[3]):
+        stop(agent, signal.SIGINT)
+        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp)}")
+    return agent
+
+
 def test_moord_attaches_keeps_the_fast_path_through_a_restart_and_detaches_on_shutdown(node: Node, tmp_path: Path):
     a, b = node.add_pod("pa"), node.add_pod("pb")
     agent = start_moord(node, tmp_path)
@@ -489,11 +501,7 @@ def test_moord_attaches_keeps_the_fast_path_through_a_restart_and_detaches_on_sh
 
 def test_moord_with_host_routing_off_removes_what_a_previous_moord_left(node: Node, tmp_path: Path):
     a = node.add_pod("pa")
-    agent = start_moord(node, tmp_path)
-    wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
-             what="moord's host routing")
-    if not tc_filters(node, a[3]):
-        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+    agent = moord_attached(node, tmp_path, a)
     stop(agent, signal.SIGTERM)
     assert tc_filters(node, a[3])
     agent = start_moord(node, tmp_path, hostRouting=False)
@@ -634,12 +642,8 @@ def test_moord_follows_a_route_mtu_metric_set_after_it_attached(node: Node, tmp_
     """moord's loop reads the route MTU events: a metric put on the route to REMOTE4/6 while the
     fast path runs makes the node answer frag needed / packet too big, as the stack alone does."""
     a = node.add_pod("pa")
-    agent = start_moord(node, tmp_path)
+    agent = moord_attached(node, tmp_path, a)
     try:
-        wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
-                 what="moord's host routing")
-        if not tc_filters(node, a[3]):
-            pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
         for dst in (REMOTE4, REMOTE6):
             assert node.lab.ping(a[0], dst)
             assert df_probe(node, a[0], dst)[0] == "ECONNREFUSED"  # the control: 1428 bytes fit
@@ -657,11 +661,7 @@ def test_a_full_shutdown_while_moord_compiles_removes_a_previous_moords_filters(
     """SIGINT before the compile child returned: nothing is attached after the shutdown began, and
     the filters a previous moord left (maps nobody updates any more) go with the full shutdown."""
     a = node.add_pod("pa")
-    agent = start_moord(node, tmp_path)
-    wait_for(lambda: any("host routing o" in l for l in host_routing_lines(tmp_path)), timeout=60,
-             what="moord's host routing")
-    if not tc_filters(node, a[3]):
-        pytest.skip(f"host routing cannot load here: {host_routing_lines(tmp_path)}")
+    agent = moord_attached(node, tmp_path, a)
     stop(agent, signal.SIGTERM)  # a restart stop: the filter stays
     assert tc_filters(node, a[3])
     agent = start_moord(node, tmp_path)  # returns at "ready", the compile (seconds) still running

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.vm.test_vlan_in_vm import TIMINGS
+    from tests.vm.guest import TIMINGS
     if TIMINGS:
         terminalreporter.section("moor VM")
         for line in TIMINGS:

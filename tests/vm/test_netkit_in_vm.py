@@ -5,15 +5,12 @@ test_routed.py skip without netkit; here they must PASS, and the no-netkit error
 one that skips."""
 from __future__ import annotations
 
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from lab import vm
-from tests.helpers import REPO
-from tests.vm.test_vlan_in_vm import TIMINGS, _explain
+from tests.vm.guest import explain, pytest_in_vm
 
 pytestmark = pytest.mark.vm
 
@@ -42,20 +39,8 @@ def test_netkit_tests_pass_in_a_vm_with_netkit(tmp_path: Path):
     why = _netkit_kernel()
     if why:
         pytest.skip(why)
-    junit = f"{vm.GUEST_OUT}/junit.xml"
-    r = vm.run([sys.executable, "-m", "pytest", ROUTED_TESTS, "-k", "netkit", "-v", "-rs", "-p", "no:cacheprovider",
-                f"--junitxml={junit}"], cwd=str(REPO), modules=(), timeout=600, workdir=tmp_path / "vm")
-    suite = None
-    if (r.out / "junit.xml").exists():
-        suite = ET.parse(r.out / "junit.xml").getroot().find("testsuite")
-    if suite is not None:
-        TIMINGS.append(f"netkit tests in the VM: boot {r.boot_seconds:.1f} s, pytest {float(suite.get('time')):.1f} s, "
-                       f"total {r.total_seconds:.1f} s ({r.accel}, {r.kernel})")
-    assert r.returncode == 0, _explain(r)
-    assert suite is not None, _explain(r)
-    outcome = {}
-    for case in suite.iter("testcase"):
-        kinds = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-        outcome[case.get("name")] = kinds[0] if kinds else "passed"
-    assert all(outcome.get(name) == "passed" for name in MUST_PASS), outcome
-    assert outcome.get(NO_NETKIT_TEST) == "skipped", outcome
+    r, outcome = pytest_in_vm("netkit tests", tmp_path, [ROUTED_TESTS, "-k", "netkit"], modules=())
+    assert r.returncode == 0, explain(r)
+    assert outcome is not None, explain(r)
+    assert all(outcome.get(name, ("missing",))[0] == "passed" for name in MUST_PASS), outcome
+    assert outcome.get(NO_NETKIT_TEST, ("missing",))[0] == "skipped", outcome

@@ -9,28 +9,19 @@ Both skip with the exact reason where the VM cannot run (tests/conftest.py, mark
 from __future__ import annotations
 
 import secrets
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from lab import vm
 from tests.helpers import REPO
+from tests.vm.guest import TIMINGS, explain, pytest_in_vm
 
 pytestmark = pytest.mark.vm
 
 VLAN_TESTS = "tests/integration/test_vlan.py"
 NO_8021Q_TEST = "test_vlan_add_fails_cleanly_without_8021q"
 SHARING_TEST = "test_pods_share_the_vlan_parent_and_the_last_one_removes_it"
-TIMINGS: list[str] = []  # printed in the terminal summary (tests/vm/conftest.py)
-
-
-def _explain(r: vm.VMResult) -> str:
-    return (f"exit {r.returncode}, modules {r.modules}\n--- stdout\n{r.stdout[-6000:]}\n--- stderr\n"
-            f"{r.stderr[-3000:]}\n--- console\n{r.console[-3000:]}")
-
-
 def test_the_guest_reports_back_and_cannot_write_the_host(tmp_path: Path):
     probe = Path("/etc") / f".moor-vm-probe-{secrets.token_hex(4)}"  # on the root file system
     script = f"""
@@ -47,9 +38,9 @@ def test_the_guest_reports_back_and_cannot_write_the_host(tmp_path: Path):
     r = vm.run(["/bin/sh", "-c", script], cwd=str(REPO), modules=("8021q", "moor_no_such_module"),
                workdir=tmp_path / "vm")
     TIMINGS.append(f"runner check: boot {r.boot_seconds:.1f} s, total {r.total_seconds:.1f} s ({r.accel})")
-    assert r.returncode == 7, _explain(r)
-    assert r.stdout.split() == ["to-stdout", "guest", "0", "8021q-loaded"], _explain(r)
-    assert "to-stderr" in r.stderr and "Read-only file system" in r.stderr, _explain(r)
+    assert r.returncode == 7, explain(r)
+    assert r.stdout.split() == ["to-stdout", "guest", "0", "8021q-loaded"], explain(r)
+    assert "to-stderr" in r.stderr and "Read-only file system" in r.stderr, explain(r)
     assert not probe.exists(), "the guest wrote a file on the host's root file system"
     assert (r.out / "from-guest").read_text() == "file\n"
     assert r.modules["8021q"] == "ok" and "moor_no_such_module" in r.modules["moor_no_such_module"], r.modules
@@ -58,24 +49,11 @@ def test_the_guest_reports_back_and_cannot_write_the_host(tmp_path: Path):
 
 
 def test_vlan_tests_pass_in_a_vm_with_8021q(tmp_path: Path):
-    junit = f"{vm.GUEST_OUT}/junit.xml"
-    r = vm.run([sys.executable, "-m", "pytest", VLAN_TESTS, "-v", "-rs", "-p", "no:cacheprovider",
-                f"--junitxml={junit}"], cwd=str(REPO), modules=("8021q",), timeout=600, workdir=tmp_path / "vm")
-    suite = None
-    if (r.out / "junit.xml").exists():
-        suite = ET.parse(r.out / "junit.xml").getroot().find("testsuite")
-    if suite is not None:
-        TIMINGS.append(f"VLAN tests in the VM: boot {r.boot_seconds:.1f} s, pytest {float(suite.get('time')):.1f} s "
-                       f"(command {r.command_seconds:.1f} s), total {r.total_seconds:.1f} s ({r.accel}, {r.kernel})")
+    r, outcome = pytest_in_vm("VLAN tests", tmp_path, [VLAN_TESTS], modules=("8021q",))
     assert r.modules.get("8021q") == "ok", f"modprobe 8021q failed in the guest: {r.modules}"
-    assert r.returncode == 0, _explain(r)
-    assert suite is not None, _explain(r)
+    assert r.returncode == 0, explain(r)
+    assert outcome is not None, explain(r)
 
-    outcome = {}
-    for case in suite.iter("testcase"):
-        kinds = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
-        outcome[case.get("name")] = (kinds[0] if kinds else "passed",
-                                     case.find("skipped").get("message", "") if "skipped" in kinds else "")
     # with 8021q every VLAN test runs and passes, and the no-8021q error path is the one that skips
     assert outcome.get(SHARING_TEST, ("missing",))[0] == "passed", outcome
     assert outcome.pop(NO_8021Q_TEST, ("missing", ""))[0] == "skipped", outcome
