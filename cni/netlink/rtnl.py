@@ -27,6 +27,10 @@ TC_H_CLSACT = 0xFFFFFFF1
 CLSACT_HANDLE = 0xFFFF0000
 
 
+def _clsact(ifindex: int) -> bytes:
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
+
+
 class NetlinkError(OSError):
     """The kernel refused a request; `errno` is the kernel's error number."""
     cni_code = KERNEL_REFUSED  # what a plugin's error reply says (cni.spec.executable.error_reply)
@@ -255,9 +259,8 @@ class RTNL:
         """A clsact qdisc on the device; True when this call created it. Grafting (or removing)
         a qdisc deactivates the device for a moment, dropping what it transmits then: the routed
         ADD makes it before the pod has traffic, so moord later only adds its filter."""
-        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
         try:
-            self._request(RTM_NEWQDISC, w.NLM_F_CREATE | w.NLM_F_EXCL, body, f"clsact on ifindex {ifindex}")
+            self._request(RTM_NEWQDISC, w.NLM_F_CREATE | w.NLM_F_EXCL, _clsact(ifindex), f"clsact on ifindex {ifindex}")
         except NetlinkError as e:
             if e.errno == errno.EEXIST:
                 return False
@@ -265,8 +268,7 @@ class RTNL:
         return True
 
     def clsact_del(self, ifindex: int) -> None:
-        body = TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + w.attr_str(TCA_KIND, "clsact")
-        self._request(RTM_DELQDISC, 0, body, f"remove clsact on ifindex {ifindex}")
+        self._request(RTM_DELQDISC, 0, _clsact(ifindex), f"remove clsact on ifindex {ifindex}")
 
     def link_set(self, index: int, up: Optional[bool] = None, name: str = "") -> None:
         flags = change = 0
