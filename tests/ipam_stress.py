@@ -1,5 +1,7 @@
 """A worker for the no-duplicate stress test: random ADD/DEL through moor-ipam's library call,
-journalled (intent before, outcome after, fsync'd) so a SIGKILL at any point is accounted for."""
+journalled (intent before, outcome after, fsync'd) so a SIGKILL at any point is accounted for.
+With "threads" > 1 the process runs that many workers as threads, as moord's CNI server does (they
+share the process's writer lock, ipam/store/sqlite.py), each with its own journal."""
 from __future__ import annotations
 
 import json
@@ -58,4 +60,24 @@ def worker(wid: int, n_ops: int, netconf: dict, journal: str, node: str, seed: i
 
 if __name__ == "__main__":
     a = json.loads(sys.argv[1])
-    worker(a["wid"], a["n_ops"], a["netconf"], a["journal"], a["node"], a["seed"])
+    n = a.get("threads", 1)
+    if n == 1:
+        worker(a["wid"], a["n_ops"], a["netconf"], a["journal"], a["node"], a["seed"])
+    else:
+        import threading
+        failed = []
+
+        def one(t: int) -> None:
+            try:
+                worker(a["wid"] * 100 + t, a["n_ops"] // n, a["netconf"], f"{a['journal']}-t{t}", a["node"],
+                       a["seed"] * 100 + t)
+            except BaseException as e:  # a thread's failure must fail the process
+                failed.append(e)
+                raise
+        threads = [threading.Thread(target=one, args=(t,)) for t in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failed:
+            sys.exit(1)

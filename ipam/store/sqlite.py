@@ -7,6 +7,7 @@ from cni.spec import jsonc as json  # json without its regex start-up cost (cni/
 import ipaddress
 import os
 import _sqlite3 as sqlite3  # the C module: sqlite3.dbapi2 imports datetime for adapters we never use (~1 ms)
+import _thread  # threading's C half: the executable does not import threading
 import time
 
 from cni.spec.errors import IO_FAILURE, TRY_AGAIN_LATER, CNIError
@@ -68,6 +69,23 @@ INSERT = ("INSERT INTO reservations (network, ip, data, ipkey, state, identity, 
 BUSY_TIMEOUT_S = 30.0
 FILENAME = "ipam.sqlite3"
 
+# One writer lock per database file in this process (moord's CNI threads). SQLite's busy handler
+# polls a held write lock with sleeps of 1 to 100 ms, so threads of one process queued on it
+# waited longer than the transactions they waited for; a process lock hands over at once. Other
+# processes (executables while moord is down) still meet on SQLite's lock, as before. Keyed by the
+# file (device, inode), since two paths may name one database.
+_WRITERS: dict[tuple[int, int], object] = {}
+_WRITERS_GUARD = _thread.allocate_lock()
+
+
+def _writer_lock(path: str):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"cannot open IPAM database {path}: {e.strerror or e}") from e
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault((st.st_dev, st.st_ino), _thread.allocate_lock())
+
 
 class SQLiteStore:
     def __init__(self, data_dir: str, readonly: bool = False):
@@ -91,6 +109,7 @@ class SQLiteStore:
                     self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute(SCHEMA)
+                self.writer = _writer_lock(self.path)
                 self._upgrade()
                 return
             except sqlite3.OperationalError as e:
@@ -224,6 +243,16 @@ class SQLiteStore:
     def transact(self, network: str, fn: Callable[[View], T]) -> T:
         if self.readonly:
             raise CNIError(IO_FAILURE, f"IPAM database {self.path} is open read-only")
+        writer = self.writer
+        if not writer.acquire(timeout=BUSY_TIMEOUT_S):
+            raise CNIError(TRY_AGAIN_LATER, f"IPAM database {self.path} is busy: another call of this process "
+                           f"held its write lock for {BUSY_TIMEOUT_S:g} s")
+        try:
+            return self._transact(network, fn)
+        finally:
+            writer.release()
+
+    def _transact(self, network: str, fn: Callable[[View], T]) -> T:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:  # still locked after the busy timeout
