@@ -63,9 +63,10 @@ class View:
         """The reservations under a sticky key."""
         return [r for r in self.values() if r.identity == key]
 
-    def candidates(self, pool: Pool) -> Iterable:
-        """The addresses to try for a fresh allocation, in order (free or not: the policy checks)."""
-        return _candidates(pool)
+    def candidates(self, pool: Pool, skip: Iterable[int] = ()) -> Iterable:
+        """The addresses to try for a fresh allocation, in order (free or not: the policy checks);
+        `skip`: addresses (as integers) a store knows are taken."""
+        return _candidates(pool, skip)
 
 
 def _never_gone(_r: Reservation) -> bool:
@@ -204,17 +205,22 @@ def _fresh(view: View, conf: IPAMConf, req: Request, fam: int) -> Reservation:
     raise CNIError(EXHAUSTED, f"no free IPv{fam} address left in the pools of network {conf.network}")
 
 
-def _candidates(pool: Pool) -> Iterable:
-    ip, end = pool.start, pool.end
-    while ip <= end:
-        ex = next((n for n in pool.exclude if ip in n), None)
-        if ex is not None:  # jump over an excluded network instead of walking it
-            if ex.broadcast_address >= end:
-                return
-            ip = ex.broadcast_address + 1
+def _candidates(pool: Pool, skip: Iterable[int] = ()) -> Iterable:
+    """The pool's addresses in order, without its excluded networks and the addresses in `skip`
+    (as integers). Walks integers: a node's ADD passes every taken address before the first free
+    one, and an address object for each cost an ADD ~0.4 ms with 100 pods on the pool."""
+    make = type(pool.start)
+    i, end = int(pool.start), int(pool.end)
+    excluded = [(int(n.network_address), int(n.broadcast_address)) for n in pool.exclude
+                if n.version == pool.start.version]
+    while i <= end:
+        hi = next((h for lo, h in excluded if lo <= i <= h), None)
+        if hi is not None:  # jump over an excluded network instead of walking it
+            i = hi + 1
             continue
-        yield ip
-        ip += 1
+        if i not in skip:
+            yield make(i)
+        i += 1
 
 
 def release(view: View, conf: IPAMConf, container_id: str, ifname: str, now: float) -> list[Reservation]:

@@ -332,11 +332,11 @@ class SQLiteView(View):
         now = time.time()
         lo, hi = ipkey(str(pool.start)), ipkey(str(pool.end))
         taken = set()
-        for ip, state, hold_until, cool_until in self.db.execute(
-                "SELECT ip, state, hold_until, cool_until FROM reservations WHERE network = ? AND ipkey BETWEEN ? AND ?",
+        for key, state, hold_until, cool_until in self.db.execute(
+                "SELECT ipkey, state, hold_until, cool_until FROM reservations WHERE network = ? AND ipkey BETWEEN ? AND ?",
                 (self.network, lo, hi)):
             free = ((state == HELD and hold_until is not None and now >= hold_until)
                     or (state == COOLING and now >= cool_until))
             if not free:
-                taken.add(ip)
-        return (ip for ip in super().candidates(pool) if str(ip) not in taken)
+                taken.add(int(key[2:], 16))  # ipkey(): "<version>:<the address as 32 hex digits>"
+        return super().candidates(pool, taken)

@@ -347,3 +347,23 @@ def test_block_size_defaults_and_bounds():
                                                          {"cidr": "198.51.100.0/28"}]}})
     assert [p.block_prefix for p in conf.pools] == [26, 122, 28]  # a pool smaller than a block is one block
     assert not conf.strict_affinity and conf.block_idle_s == 600
+
+
+@settings(max_examples=300, deadline=None)
+@given(v6=st.booleans(), start=st.integers(0, 60), size=st.integers(0, 60),
+       excludes=st.lists(st.tuples(st.integers(0, 127), st.integers(28, 32)), max_size=4),
+       skip=st.sets(st.integers(0, 127), max_size=40))
+def test_candidates_are_the_pool_in_order_without_excluded_and_skipped(v6, start, size, excludes, skip):
+    """The integer walk gives exactly the addresses from rangeStart to rangeEnd, in order, that no
+    exclude covers and `skip` does not name (one of each family's excludes given in the other
+    family never matches)."""
+    base = ipaddress.ip_address("2001:db8::" if v6 else "198.51.100.0")
+    plen = 121 if v6 else 25
+    pool = config.Pool(cidr=ipaddress.ip_network(f"{base}/{plen}"), start=base + start, end=base + start + size,
+                       gateway=None, exclude=[ipaddress.ip_network(f"{base + off}/{(p + 96) if v6 else p}", strict=False)
+                                               for off, p in excludes] + [ipaddress.ip_network("192.0.2.0/24")
+                                                                          if v6 else ipaddress.ip_network("2001:db8::/64")])
+    skip_ints = {int(base) + s for s in skip}
+    want = [ip for ip in (base + k for k in range(start, start + size + 1))
+            if not any(ip.version == n.version and ip in n for n in pool.exclude) and int(ip) not in skip_ints]
+    assert list(policy.View({}).candidates(pool, skip_ints)) == want
