@@ -331,11 +331,12 @@ class Session:
     async def drop(self, subcode: int, graceful: bool = False) -> None:
         """End the current connection and wait until it is gone. With a Cease (a collision lost), or
         `graceful`: silently, as when the peer has restarted and its old connection is dead."""
-        if self.writer is not None:
+        writer = self.writer
+        if writer is not None:
             self._dropped = not graceful
             if not graceful:
                 await self._send(notification.Notification(CEASE, subcode).encode())
-            self.writer.close()
+            writer.close()  # the one we meant: the session may have ended while the Cease went out
         await self._idle.wait()
 
     def peer_gr(self) -> cap.GracefulRestart | None:
@@ -418,6 +419,11 @@ class Session:
             raise PeerNotified(f"peer sent NOTIFICATION {n.code}/{n.subcode}")
         if mtype != KEEPALIVE:
             raise BGPError(FSM_ERROR, 2, f"expected KEEPALIVE in OpenConfirm, got type {mtype}")
+        if self._dropped:
+            # this connection lost a collision while its KEEPALIVE was on the way (drop() sends the
+            # Cease and closes it): it must not become the session, even for a moment, or both
+            # sides see an Established session come and go (and the routes with it)
+            raise ConnectionResetError("lost a connection collision in OpenConfirm")
         self._set(ESTABLISHED, "KEEPALIVE received")
         self.first = False
         if self._pending_in is self.writer:  # no longer pending: a new connection is a collision now

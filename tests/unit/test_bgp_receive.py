@@ -501,3 +501,44 @@ def test_graceful_restart_families_of_other_safis_keep_no_unicast_routes():
             await until(lambda: not sp.sessions[PEER].busy(), "the session gone")
             assert not sp.rib_in.best and PEER not in sp.rib_in.stale
     run(main())
+
+
+def test_a_connection_that_lost_a_collision_never_becomes_established(caplog):
+    """RFC 4271 6.8: our connection (in OpenConfirm) loses to the one the peer opened (a higher BGP
+    identifier). Its KEEPALIVE arrives while the Cease is on its way out (the drop yields there):
+    it is closed from OpenConfirm, and only the winner is ever Established."""
+    caplog.set_level(logging.INFO, logger="moor.bgp")
+
+    async def main():
+        port, peer_port = free_port(), free_port()
+        accepted: asyncio.Queue = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait(Peer(r, w)), PEER, peer_port)
+        sp = speaker(port, passive=False, peer_port=peer_port)  # it connects: the connection we lose
+        await sp.start()
+        sess = sp.sessions[PEER]
+        try:
+            ours = await asyncio.wait_for(accepted.get(), 10)
+            ours.send(bopen.Open(asn=PEER_AS, hold_time=30, router_id=PEER_RID,
+                                 capabilities=[cap.Multiprotocol(*V4)]).encode())  # an OPEN, no KEEPALIVE yet
+            await until(lambda: sess.state == "OpenConfirm", "OpenConfirm on the speaker's connection")
+            send = sess._send
+
+            async def cease_meets_keepalive(data: bytes) -> None:
+                await send(data)
+                if data[18:19] == bytes([NOTIFICATION]):  # the Cease is out; drain may yield here
+                    ours.send(KEEPALIVE_BYTES)  # the loser's KEEPALIVE, read while the drop yields
+                    await until(lambda: sess.state != "OpenConfirm", "the loser to read its KEEPALIVE")
+            sess._send = cease_meets_keepalive
+            theirs = await Peer.connect(port)  # the peer's connection: 192.0.2.9 > 192.0.2.1, it wins
+            theirs.open()  # OPEN and KEEPALIVE
+            await until(lambda: sess.state == ESTABLISHED and sess.writer is not None
+                        and sess.writer.get_extra_info("peername")[1] != peer_port, "Established on theirs")
+            await ours.until_closed("the losing connection closed")
+            assert [(n.code, n.subcode) for n in ours.notifications()] == [(6, 7)]  # Cease, collision
+            theirs.close()
+        finally:
+            await sp.stop()
+            server.close()
+    run(main())
+    established = [r for r in caplog.records if getattr(r, "new", None) == ESTABLISHED]
+    assert len(established) == 1, [r.getMessage() for r in caplog.records]
