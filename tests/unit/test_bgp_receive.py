@@ -16,7 +16,7 @@ from bgp import capability as cap
 from bgp.attribute import Raw, as_path, encode as encode_attrs, next_hop, origin
 from bgp.message import notification, open as bopen, update
 from bgp.message.keepalive import KEEPALIVE_BYTES
-from bgp.session import ESTABLISHED, LocalConfig, PeerConfig
+from bgp.session import ESTABLISHED, OPENCONFIRM, LocalConfig, PeerConfig
 from bgp.speaker import Speaker
 from bgp.wire import AFI_IPV4, AFI_IPV6, NOTIFICATION, OPEN, ROUTE_REFRESH, SAFI_UNICAST, UPDATE, frame, split
 from tests.etcd_server import free_port
@@ -520,14 +520,14 @@ def test_a_connection_that_lost_a_collision_never_becomes_established(caplog):
             ours = await asyncio.wait_for(accepted.get(), 10)
             ours.send(bopen.Open(asn=PEER_AS, hold_time=30, router_id=PEER_RID,
                                  capabilities=[cap.Multiprotocol(*V4)]).encode())  # an OPEN, no KEEPALIVE yet
-            await until(lambda: sess.state == "OpenConfirm", "OpenConfirm on the speaker's connection")
+            await until(lambda: sess.state == OPENCONFIRM, "OpenConfirm on the speaker's connection")
             send = sess._send
 
             async def cease_meets_keepalive(data: bytes) -> None:
                 await send(data)
                 if data[18:19] == bytes([NOTIFICATION]):  # the Cease is out; drain may yield here
                     ours.send(KEEPALIVE_BYTES)  # the loser's KEEPALIVE, read while the drop yields
-                    await until(lambda: sess.state != "OpenConfirm", "the loser to read its KEEPALIVE")
+                    await until(lambda: sess.state != OPENCONFIRM, "the loser to read its KEEPALIVE")
             sess._send = cease_meets_keepalive
             theirs = await Peer.connect(port)  # the peer's connection: 192.0.2.9 > 192.0.2.1, it wins
             theirs.open()  # OPEN and KEEPALIVE

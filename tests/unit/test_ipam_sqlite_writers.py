@@ -3,24 +3,18 @@ SQLite's sleeping busy handler: two paths to one database share it, and a call t
 within the busy timeout answers code 11 and changes nothing."""
 from __future__ import annotations
 
-import json
 import threading
 
-from ipam.plugin import run
 from ipam.store import sqlite
 from ipam.store.sqlite import SQLiteStore
-
-
-def _netconf(data_dir) -> bytes:
-    return json.dumps({"cniVersion": "1.1.0", "name": "wl", "type": "macvlan",
-                       "ipam": {"type": "moor-ipam", "dataDir": str(data_dir), "cooldownSeconds": 0,
-                                "pools": [{"cidr": "198.51.100.0/24"}]}}).encode()
+from tests.unit.test_ipam_sqlite_index import _add as add
 
 
 def _add(data_dir, cid: str) -> tuple[dict, int]:
-    out, code = run({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/none",
-                     "CNI_IFNAME": "eth0", "MOOR_NODE_NAME": "n1"}, _netconf(data_dir))
-    return json.loads(out), code
+    """An ADD of container `cid` (its own pod) on a /24 of the embedded store in `data_dir`."""
+    return add({"cniVersion": "1.1.0", "name": "wl", "type": "macvlan",
+                "ipam": {"type": "moor-ipam", "dataDir": str(data_dir), "cooldownSeconds": 0,
+                         "pools": [{"cidr": "198.51.100.0/24"}]}}, cid, cid)
 
 
 def test_two_paths_to_one_database_share_the_writer_lock(tmp_path):
