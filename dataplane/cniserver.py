@@ -3,16 +3,20 @@ and config over a unix socket, and the agent runs the very same library call as 
 (cni.plugin.run, moor-ipam in process), with its interpreter and modules already loaded. cni/entry.py
 describes the exchange.
 
-Calls run in a thread pool: each holds its attachment's flock exactly as the executable does, so an
-agent call and an executable call for one attachment never overlap. Stopping waits for the calls in
-flight; the socket is removed first, so new calls go to the executables.
+Calls run in threads: each holds its attachment's flock exactly as the executable does, so an agent
+call and an executable call for one attachment never overlap. Stopping waits for the calls in flight;
+the socket is removed first, so new calls go to the executables.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import struct
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,23 +24,26 @@ from cni.entry import MAGIC
 from cni.spec.errors import CNIError
 from cni.spec.netconf import decode
 
-from .api.server import claim_socket
+from .api.server import ServeError, claim_socket
 
 log = logging.getLogger("moord.cni")
 
 MAX_ENV = 1 << 20
 MAX_STDIN = 16 << 20
+# a client sends its request at once (the C client or cni/entry.py); one that stalls is hung up on
+READ_TIMEOUT_S = 10.0
 
 
 def _nearest(path: str) -> str | None:
     """The path, or its nearest existing ancestor (a stateDir not made yet is judged by its parent)."""
-    p = Path(path)
+    p = os.path.normpath(path)
     while True:
-        if p.exists():
-            return str(p)
-        if p.parent == p:
+        if os.path.exists(p):
+            return p
+        parent = os.path.dirname(p) or "."  # as pathlib: a relative path ends at the current directory
+        if parent == p:
             return None
-        p = p.parent
+        p = parent
 
 
 def objects(env: dict[str, str], stdin: bytes) -> list[str]:
@@ -81,11 +88,25 @@ def _identify(paths: list[str]) -> bytes:
 
 
 class CNIServer:
-    def __init__(self, path: str, workers: int = 8):
+    """The socket, its accepting thread, and one thread per connection (from a pool): a call is a
+    few blocking reads and writes around the plugin's own blocking work, so it is served by plain
+    threads. Serving it from the event loop cost more of the interpreter than the call itself did
+    (py-spy, 100 pods at concurrency 8: 58% of moord's GIL-held samples in asyncio's transports,
+    futures and wake-ups), and the GIL, not the CPUs, bounded the pods per second."""
+
+    def __init__(self, path: str, workers: int = 8, read_timeout: float = READ_TIMEOUT_S):
         self.path = path
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
-        self.server: asyncio.AbstractServer | None = None
-        self.inflight: set[asyncio.Task] = set()
+        self.workers = workers
+        self.read_timeout = read_timeout
+        # connections are read by up to this many threads at once: a client that connects and
+        # stalls holds one of them until read_timeout, never one of the calls' `workers` slots
+        self.pool = ThreadPoolExecutor(max_workers=workers * 4, thread_name_prefix="cni")
+        self._slots = threading.BoundedSemaphore(workers)  # calls running at once
+        self._guard = threading.Lock()
+        self._waiting: set[socket.socket] = set()  # connections whose client has not said G yet
+        self._sock: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._stopping = False
         self.calls = 0
         self.ino = 0
 
@@ -93,60 +114,122 @@ class CNIServer:
         from cni import plugin  # loaded now, not on the first pod's call
         self._run = plugin.run
         claim_socket(Path(self.path))  # a dead agent's socket goes; a live one's is an error
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # root only, from the moment it exists
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=self.path)
+            s.bind(self.path)
+            s.listen(128)
+        except OSError as e:
+            s.close()
+            raise ServeError(f"cannot listen: {e.strerror or e}") from None
         finally:
             os.umask(old)
         self.ino = os.stat(self.path).st_ino
+        self._sock = s
+        self._acceptor = threading.Thread(target=self._accept, name="cni-accept", daemon=True)
+        self._acceptor.start()
+
+    def is_serving(self) -> bool:
+        return self._sock is not None and not self._stopping
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            try:  # ours only: never a successor's socket
-                if os.stat(self.path).st_ino == self.ino:
-                    os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-        if self.inflight:  # let the calls in flight finish: an attachment is never left half made
-            await asyncio.gather(*self.inflight, return_exceptions=True)
+        """New calls go to the executables (the socket is removed first); a client that has not
+        said G yet is hung up on (it does the work itself); calls under way run to their end."""
+        if self._sock is None:
+            return
+        with self._guard:
+            self._stopping = True
+            waiting = list(self._waiting)  # hung up on below: out of the set, so they will not run
+            self._waiting.clear()
+        try:  # ours only: never a successor's socket
+            if os.stat(self.path).st_ino == self.ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (Linux)
+        for conn in waiting:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        await asyncio.to_thread(self._drain)
+        self._sock.close()
+
+    def _drain(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.join()
         self.pool.shutdown(wait=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self.inflight.add(task)
+    def _accept(self) -> None:
+        while True:
+            try:
+                fd, _ = self._sock._accept()  # socket.accept() converts the family to an enum, per call
+            except OSError as e:
+                if self._stopping:
+                    return
+                log.warning("CNI socket: accept failed: %s", e.strerror or e)
+                time.sleep(0.1)  # out of file descriptors: let calls finish before the next try
+                continue
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            if self._stopping:
+                conn.close()
+                return
+            conn.settimeout(self.read_timeout)
+            self.pool.submit(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._guard:
+            if self._stopping:
+                conn.close()
+                return
+            self._waiting.add(conn)
         try:
-            await self._exchange(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client went away; if it said G, the call ran to its end anyway
+            self._exchange(conn)
+        except (EOFError, OSError):
+            pass  # the client went away (or stalled past read_timeout); if it said G, the call ran to its end
         except Exception as e:  # never let one bad client take the agent down
             log.warning("CNI call failed: %s", e)
         finally:
-            self.inflight.discard(task)
-            writer.close()
+            with self._guard:
+                self._waiting.discard(conn)
+            conn.close()
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readexactly(len(MAGIC) + 8)
+    def _exchange(self, conn: socket.socket) -> None:
+        head = _read(conn, len(MAGIC) + 8)
         if head[:len(MAGIC)] != MAGIC:
             return
         n_env, n_stdin = struct.unpack("!II", head[len(MAGIC):])
         if n_env > MAX_ENV or n_stdin > MAX_STDIN:
             return  # the client does the work (and reports the oversized config) itself
-        raw_env = await reader.readexactly(n_env)
-        stdin = await reader.readexactly(n_stdin)
+        raw_env = _read(conn, n_env)
+        stdin = _read(conn, n_stdin)
         env = {}
         for item in raw_env.split(b"\0") if raw_env else []:
             k, sep, v = item.partition(b"=")
             if sep:
                 env[os.fsdecode(k)] = os.fsdecode(v)
-        loop = asyncio.get_running_loop()
-        ident = await loop.run_in_executor(self.pool, lambda: _identify(objects(env, stdin)))
-        writer.write(b"P" + struct.pack("!I", len(ident)) + ident)
-        await writer.drain()
-        if await reader.readexactly(1) != b"G":
+        ident = _identify(objects(env, stdin))
+        conn.sendall(b"P" + struct.pack("!I", len(ident)) + ident)
+        if _read(conn, 1) != b"G":
             return
+        with self._guard:
+            if conn not in self._waiting:
+                return  # stop() hung up on it as it said G: the client does the work itself
+            self._waiting.discard(conn)
         # from here on the call runs to its end even if the client goes away
-        out, code = await asyncio.shield(loop.run_in_executor(self.pool, self._run, env, stdin))
-        self.calls += 1
-        writer.write(struct.pack("!i", code) + out)
-        await writer.drain()
+        with self._slots:
+            out, code = self._run(env, stdin)
+        with self._guard:
+            self.calls += 1
+        conn.sendall(struct.pack("!i", code) + out)
+
+
+def _read(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if k == 0:
+            raise EOFError
+        got += k
+    return bytes(buf)

@@ -195,8 +195,7 @@ class AgentView:
         if not self.cni_socket:
             cni = Component("cni", True, "cni.socket is off: the plugin works in its own process")
         else:
-            server = getattr(self.cni, "server", None)
-            up = server is not None and server.is_serving()
+            up = self.cni is not None and self.cni.is_serving()
             cni = Component("cni", up, f"unix:{self.cni_socket} {'listening' if up else 'not listening'}")
         start = Component("start-up", self.serving, "done" if self.serving else "not done (or stopping)")
         comps = [start, cni] + self.health()
